@@ -1,0 +1,18 @@
+//! siterelay wire protocol v1 (design.md §3): frames, limits, batch helpers and sans-I/O
+//! framing. No sockets, files or clocks here.
+#![forbid(unsafe_code)]
+
+mod batch;
+mod codec;
+mod conn;
+mod error;
+mod frame;
+pub mod limits;
+
+pub use batch::{block_checksum, compress_batch, is_zero, writes_data};
+pub use conn::{FrameReader, FrameWriter};
+pub use error::WireError;
+pub use frame::*;
+
+#[cfg(test)]
+mod tests;
