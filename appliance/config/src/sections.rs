@@ -1,0 +1,232 @@
+//! The configuration sections as Rust types, with their defaults.
+//!
+//! Every section uses `deny_unknown_fields` so a misspelled key is an error
+//! (listing the valid keys) instead of being silently ignored, and `default`
+//! so any key may be omitted.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::size::{self, GIB, KIB, MIB};
+
+/// Log verbosity, from least to most verbose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Only errors.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Normal operational messages.
+    #[default]
+    Info,
+    /// Diagnostic detail.
+    Debug,
+    /// Everything, including per-request tracing.
+    Trace,
+}
+
+impl LogLevel {
+    /// Every level, in increasing verbosity.
+    pub const ALL: [LogLevel; 5] =
+        [LogLevel::Error, LogLevel::Warn, LogLevel::Info, LogLevel::Debug, LogLevel::Trace];
+
+    /// The spelling used in the configuration file (and CLI flags).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LogLevel {
+    type Err = String;
+
+    /// Parses the same spellings as the configuration file, for CLI flags.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        LogLevel::ALL.into_iter().find(|level| level.as_str() == s).ok_or_else(|| {
+            format!("unknown log level `{s}`, expected one of error, warn, info, debug, trace")
+        })
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Verbosity of all components.
+    pub level: LogLevel,
+}
+
+/// `[relay]`: the middle hop that caches writes durably and forwards them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Where agents connect.
+    #[serde(deserialize_with = "deserialize_socket_addr")]
+    pub listen: SocketAddr,
+    /// The recovery-site target the relay forwards to.
+    #[serde(deserialize_with = "deserialize_socket_addr")]
+    pub target: SocketAddr,
+    /// Directory of the durable write cache.
+    pub cache_dir: PathBuf,
+    /// Upper bound of the cache size on disk, in bytes.
+    #[serde(deserialize_with = "size::deserialize")]
+    pub cache_bytes_max: u64,
+    /// Size of one cache journal segment, in bytes.
+    #[serde(deserialize_with = "size::deserialize")]
+    pub segment_bytes: u64,
+    /// zstd level for cached data; 0 disables compression.
+    pub compression_level: u32,
+    /// Bytes gathered before one durable commit (fsync).
+    #[serde(deserialize_with = "size::deserialize")]
+    pub group_commit_bytes_max: u64,
+    /// Concurrent agent connections accepted.
+    pub agents_max: u32,
+    /// Disks tracked across all agents.
+    pub disks_max: u32,
+    /// io_uring submission queue entries.
+    pub queue_depth: u32,
+    /// Interval of liveness messages, in seconds.
+    pub heartbeat_secs: u32,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            listen: loopback(7700),
+            target: loopback(7800),
+            cache_dir: PathBuf::from("/var/lib/siterelay/cache"),
+            cache_bytes_max: 64 * GIB,
+            segment_bytes: 64 * MIB,
+            compression_level: 1,
+            group_commit_bytes_max: 16 * MIB,
+            agents_max: 256,
+            disks_max: 1024,
+            queue_depth: 256,
+            heartbeat_secs: 5,
+        }
+    }
+}
+
+/// `[target]`: the recovery-site end that applies writes to replica disks.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetConfig {
+    /// Where the relay connects.
+    #[serde(deserialize_with = "deserialize_socket_addr")]
+    pub listen: SocketAddr,
+    /// Directory of the replica disks and their state.
+    pub data_dir: PathBuf,
+    /// Bytes gathered before one durable commit (fsync).
+    #[serde(deserialize_with = "size::deserialize")]
+    pub group_commit_bytes_max: u64,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig {
+            listen: loopback(7800),
+            data_dir: PathBuf::from("/var/lib/siterelay/target"),
+            group_commit_bytes_max: 16 * MIB,
+        }
+    }
+}
+
+/// `[agent]`: the protected machine's side that captures disks.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The relay to send writes to.
+    #[serde(deserialize_with = "deserialize_socket_addr")]
+    pub relay: SocketAddr,
+    /// Directory of the agent's persistent state (change maps, progress).
+    pub state_dir: PathBuf,
+    /// Granularity of comparison and zero detection, in bytes.
+    #[serde(deserialize_with = "size::deserialize")]
+    pub block_bytes: u64,
+    /// Size of one large aligned read, in bytes.
+    #[serde(deserialize_with = "size::deserialize")]
+    pub read_chunk_bytes: u64,
+    /// Maximum payload of one Writes frame, in bytes.
+    #[serde(deserialize_with = "size::deserialize")]
+    pub frame_payload_bytes: u64,
+    /// Unacknowledged bytes allowed in flight.
+    #[serde(deserialize_with = "size::deserialize")]
+    pub window_bytes: u64,
+    /// Give up after the relay was unreachable this long, in seconds.
+    pub reconnect_timeout_secs: u32,
+    /// Disks to protect (`[[agent.disk]]`).
+    #[serde(rename = "disk")]
+    pub disks: Vec<DiskConfig>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            relay: loopback(7700),
+            state_dir: PathBuf::from("/var/lib/siterelay/agent"),
+            block_bytes: 64 * KIB,
+            read_chunk_bytes: 4 * MIB,
+            frame_payload_bytes: MIB,
+            window_bytes: 64 * MIB,
+            reconnect_timeout_secs: 120,
+            disks: Vec::new(),
+        }
+    }
+}
+
+/// One `[[agent.disk]]` entry. Both keys are required: a disk without a name
+/// or path has no meaningful default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Identifies the disk across agent, relay and target.
+    pub name: String,
+    /// Raw image file or block device to capture.
+    pub path: PathBuf,
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
+/// Like `SocketAddr`'s own deserializer, but with a message that shows the
+/// value and the expected form (serde's says only "invalid socket address
+/// syntax").
+fn deserialize_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    d.deserialize_str(SocketAddrVisitor)
+}
+
+struct SocketAddrVisitor;
+
+impl Visitor<'_> for SocketAddrVisitor {
+    type Value = SocketAddr;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a socket address string such as \"127.0.0.1:7700\" or \"[::1]:7700\"")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<SocketAddr, E> {
+        value.parse().map_err(|_| {
+            E::custom(format!(
+                "invalid socket address `{value}`: expected IP:port such as \"127.0.0.1:7700\" or \"[::1]:7700\" (host names are not resolved)"
+            ))
+        })
+    }
+}
