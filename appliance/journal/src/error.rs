@@ -43,14 +43,12 @@ impl fmt::Display for CorruptReason {
                 f,
                 "body length {body_len} exceeds the limit of {RECORD_BODY_BYTES_MAX} bytes"
             ),
-            Self::CrcMismatch { expected, actual } => write!(
-                f,
-                "crc mismatch (stored {expected:#010x}, computed {actual:#010x})"
-            ),
-            Self::Incomplete { available } => write!(
-                f,
-                "incomplete record (only {available} bytes before end of data)"
-            ),
+            Self::CrcMismatch { expected, actual } => {
+                write!(f, "crc mismatch (stored {expected:#010x}, computed {actual:#010x})")
+            }
+            Self::Incomplete { available } => {
+                write!(f, "incomplete record (only {available} bytes before end of data)")
+            }
         }
     }
 }
@@ -98,19 +96,11 @@ mod tests {
     fn reasons_display_their_details() {
         let over = CorruptReason::LengthOverLimit { body_len: 99 }.to_string();
         assert!(over.contains("99") && over.contains(&RECORD_BODY_BYTES_MAX.to_string()));
-        let crc = CorruptReason::CrcMismatch {
-            expected: 0xdead_beef,
-            actual: 1,
-        }
-        .to_string();
+        let crc = CorruptReason::CrcMismatch { expected: 0xdead_beef, actual: 1 }.to_string();
         assert!(crc.contains("0xdeadbeef") && crc.contains("0x00000001"));
         assert!(CorruptReason::BadMagic.to_string().contains("magic"));
-        assert!(CorruptReason::NonZeroReserved
-            .to_string()
-            .contains("reserved"));
-        assert!(CorruptReason::Incomplete { available: 7 }
-            .to_string()
-            .contains('7'));
+        assert!(CorruptReason::NonZeroReserved.to_string().contains("reserved"));
+        assert!(CorruptReason::Incomplete { available: 7 }.to_string().contains('7'));
     }
 
     #[test]
@@ -128,11 +118,8 @@ mod tests {
 
     #[test]
     fn corrupt_names_offset_and_reason() {
-        let text = JournalError::Corrupt {
-            offset: 48,
-            reason: CorruptReason::NonZeroReserved,
-        }
-        .to_string();
+        let text = JournalError::Corrupt { offset: 48, reason: CorruptReason::NonZeroReserved }
+            .to_string();
         assert!(text.contains("48") && text.contains("reserved"), "{text}");
     }
 }

@@ -17,11 +17,7 @@ struct Log {
 }
 
 fn build_log(entries: &[(u8, Vec<u8>)]) -> Log {
-    let mut log = Log {
-        bytes: Vec::new(),
-        starts: Vec::new(),
-        ends: Vec::new(),
-    };
+    let mut log = Log { bytes: Vec::new(), starts: Vec::new(), ends: Vec::new() };
     for (kind, body) in entries {
         log.starts.push(log.bytes.len());
         encode_record(*kind, body, &mut log.bytes).expect("body within limit");
@@ -51,9 +47,7 @@ fn hostile_bytes() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn flip_bit(bytes: &mut [u8], record_start: usize, bit: usize) {
-    let byte = bytes
-        .get_mut(record_start + bit / 8)
-        .expect("bit inside the log");
+    let byte = bytes.get_mut(record_start + bit / 8).expect("bit inside the log");
     *byte ^= 1 << (bit % 8);
 }
 

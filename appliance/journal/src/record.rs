@@ -35,10 +35,8 @@ pub fn encoded_len(body_len: usize) -> usize {
 /// Fails without touching `out` if the body exceeds
 /// [`RECORD_BODY_BYTES_MAX`].
 pub fn encode_record(kind: u8, body: &[u8], out: &mut Vec<u8>) -> Result<(), JournalError> {
-    let too_large = || JournalError::BodyTooLarge {
-        body_len: body.len(),
-        max: RECORD_BODY_BYTES_MAX,
-    };
+    let too_large =
+        || JournalError::BodyTooLarge { body_len: body.len(), max: RECORD_BODY_BYTES_MAX };
     if body.len() > RECORD_BODY_BYTES_MAX {
         return Err(too_large());
     }
@@ -66,10 +64,7 @@ pub fn decode_record(
     buf: &[u8],
     base_offset: u64,
 ) -> Result<Option<(RecordRef<'_>, usize)>, JournalError> {
-    decode_at(buf).map_err(|reason| JournalError::Corrupt {
-        offset: base_offset,
-        reason,
-    })
+    decode_at(buf).map_err(|reason| JournalError::Corrupt { offset: base_offset, reason })
 }
 
 /// Offset-free core of [`decode_record`], shared with the scanners so they
@@ -91,10 +86,7 @@ pub(crate) fn decode_at(buf: &[u8]) -> Result<Option<(RecordRef<'_>, usize)>, Co
     };
     let actual = record_crc(&prefix, body);
     if actual != stored_crc {
-        return Err(CorruptReason::CrcMismatch {
-            expected: stored_crc,
-            actual,
-        });
+        return Err(CorruptReason::CrcMismatch { expected: stored_crc, actual });
     }
     Ok(Some((RecordRef { kind, body }, encoded_len(body_len))))
 }
@@ -104,11 +96,7 @@ pub(crate) fn decode_at(buf: &[u8]) -> Result<Option<(RecordRef<'_>, usize)>, Co
 /// garbage immediately instead of calling it "incomplete".
 fn check_header_prefix(buf: &[u8]) -> Result<(), CorruptReason> {
     // zip stops at the shorter side, so a partial magic is compared too.
-    if buf
-        .iter()
-        .zip(MAGIC_BYTES)
-        .any(|(have, want)| *have != want)
-    {
+    if buf.iter().zip(MAGIC_BYTES).any(|(have, want)| *have != want) {
         return Err(CorruptReason::BadMagic);
     }
     let mut reserved = buf.iter().skip(RESERVED_START).take(RESERVED_LEN);
@@ -202,10 +190,7 @@ mod tests {
         let bytes = encode(0, b"");
         assert_eq!(bytes.len(), RECORD_HEADER_BYTES);
         let (rec, used) = decode_record(&bytes, 0).unwrap().unwrap();
-        assert_eq!(
-            (rec.kind, rec.body.len(), used),
-            (0, 0, RECORD_HEADER_BYTES)
-        );
+        assert_eq!((rec.kind, rec.body.len(), used), (0, 0, RECORD_HEADER_BYTES));
     }
 
     #[test]
@@ -254,20 +239,11 @@ mod tests {
         let over = u32::try_from(RECORD_BODY_BYTES_MAX + 1).unwrap();
         let mut header = crc_prefix(3, over).to_vec();
         // Only the length field is present: no CRC, no body, still corrupt.
-        assert_eq!(
-            corrupt_reason(&header),
-            CorruptReason::LengthOverLimit { body_len: over }
-        );
+        assert_eq!(corrupt_reason(&header), CorruptReason::LengthOverLimit { body_len: over });
         header.extend_from_slice(&[0; 4]);
-        assert_eq!(
-            corrupt_reason(&header),
-            CorruptReason::LengthOverLimit { body_len: over }
-        );
+        assert_eq!(corrupt_reason(&header), CorruptReason::LengthOverLimit { body_len: over });
         let max = crc_prefix(3, u32::MAX);
-        assert_eq!(
-            corrupt_reason(&max),
-            CorruptReason::LengthOverLimit { body_len: u32::MAX }
-        );
+        assert_eq!(corrupt_reason(&max), CorruptReason::LengthOverLimit { body_len: u32::MAX });
     }
 
     #[test]
@@ -276,10 +252,7 @@ mod tests {
         bytes[16] ^= 0x80;
         let actual = record_crc(&crc_prefix(1, 4), &bytes[16..]);
         let expected = crc32c::crc32c_append(crc32c::crc32c(&crc_prefix(1, 4)), b"body");
-        assert_eq!(
-            corrupt_reason(&bytes),
-            CorruptReason::CrcMismatch { expected, actual }
-        );
+        assert_eq!(corrupt_reason(&bytes), CorruptReason::CrcMismatch { expected, actual });
     }
 
     #[test]

@@ -49,11 +49,7 @@ pub fn recover(buf: &[u8]) -> Result<Recovery, JournalError> {
     let record_count = to_offset(scan.by_ref().count());
     let valid_len = scan.next_offset();
     let Some((offset, reason)) = scan.stopped_at() else {
-        return Ok(Recovery {
-            valid_len,
-            record_count,
-            tail: Tail::Clean,
-        });
+        return Ok(Recovery { valid_len, record_count, tail: Tail::Clean });
     };
     let search_from = scan.consumed().saturating_add(1);
     if let Some(next_valid) = find_valid_record(buf, search_from) {
@@ -62,10 +58,7 @@ pub fn recover(buf: &[u8]) -> Result<Recovery, JournalError> {
     Ok(Recovery {
         valid_len,
         record_count,
-        tail: Tail::Torn {
-            offset,
-            reason: reason.to_string(),
-        },
+        tail: Tail::Torn { offset, reason: reason.to_string() },
     })
 }
 
@@ -114,15 +107,8 @@ mod tests {
     }
 
     fn torn(valid_len: u64, record_count: u64) -> Recovery {
-        let tail = Tail::Torn {
-            offset: valid_len,
-            reason: String::new(),
-        };
-        Recovery {
-            valid_len,
-            record_count,
-            tail,
-        }
+        let tail = Tail::Torn { offset: valid_len, reason: String::new() };
+        Recovery { valid_len, record_count, tail }
     }
 
     fn without_reason(mut recovery: Recovery) -> Recovery {
@@ -135,11 +121,7 @@ mod tests {
 
     #[test]
     fn empty_segment_is_clean() {
-        let expected = Recovery {
-            valid_len: 0,
-            record_count: 0,
-            tail: Tail::Clean,
-        };
+        let expected = Recovery { valid_len: 0, record_count: 0, tail: Tail::Clean };
         assert_eq!(recover(&[]), Ok(expected));
     }
 

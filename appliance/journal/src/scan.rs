@@ -20,11 +20,7 @@ pub struct Records<'a> {
 
 /// Iterates over the valid records of `buf`, starting at offset 0.
 pub fn records(buf: &[u8]) -> Records<'_> {
-    Records {
-        buf,
-        pos: 0,
-        halt: None,
-    }
+    Records { buf, pos: 0, halt: None }
 }
 
 impl<'a> Records<'a> {
@@ -39,9 +35,7 @@ impl<'a> Records<'a> {
     /// cleanly (or has not stopped yet). An incomplete final record is
     /// reported as [`CorruptReason::Incomplete`].
     pub fn stopped_at(&self) -> Option<(u64, &CorruptReason)> {
-        self.halt
-            .as_ref()
-            .map(|reason| (self.next_offset(), reason))
+        self.halt.as_ref().map(|reason| (self.next_offset(), reason))
     }
 
     /// Like [`Records::next_offset`] but as a buffer index, for in-crate use.
@@ -71,9 +65,7 @@ impl<'a> Iterator for Records<'a> {
                 self.pos = self.pos.saturating_add(used);
                 Some((offset, record))
             }
-            Ok(None) => self.stop(CorruptReason::Incomplete {
-                available: to_offset(rest.len()),
-            }),
+            Ok(None) => self.stop(CorruptReason::Incomplete { available: to_offset(rest.len()) }),
             Err(reason) => self.stop(reason),
         }
     }
@@ -98,10 +90,7 @@ mod tests {
     fn yields_offsets_and_records_in_order() {
         let log = log_of(&[b"a", b"", b"ccc"]);
         let got: Vec<_> = records(&log).map(|(o, r)| (o, r.kind, r.body)).collect();
-        assert_eq!(
-            got,
-            vec![(0, 0, &b"a"[..]), (17, 1, &b""[..]), (33, 2, &b"ccc"[..])]
-        );
+        assert_eq!(got, vec![(0, 0, &b"a"[..]), (17, 1, &b""[..]), (33, 2, &b"ccc"[..])]);
     }
 
     #[test]

@@ -39,10 +39,7 @@ mod tests {
     #[test]
     fn parse_round_trips() {
         for index in [0, 1, 0xabc, 1 << 40, u64::MAX] {
-            assert_eq!(
-                parse_segment_file_name(&segment_file_name(index)),
-                Some(index)
-            );
+            assert_eq!(parse_segment_file_name(&segment_file_name(index)), Some(index));
         }
     }
 

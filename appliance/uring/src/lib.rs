@@ -296,3 +296,14 @@ pub fn timeout(duration: Duration) -> Op {
         ),
     }
 }
+
+/// Takes ownership of the socket an `Op::Accept` completion returned.
+pub fn accepted_stream(completion_result: i32) -> io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    if completion_result < 0 {
+        return Err(io::Error::from_raw_os_error(-completion_result));
+    }
+    // SAFETY: a successful accept completion's result is a new descriptor that only this
+    // completion refers to; wrapping it gives it exactly one owner.
+    Ok(unsafe { std::net::TcpStream::from_raw_fd(completion_result) })
+}

@@ -295,6 +295,13 @@ impl Frame<'_> {
         Ok(())
     }
 
+    /// Appends only the body (no header), after the same limit checks as `encode`.
+    pub fn encode_body_only(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        self.validate()?;
+        self.encode_body(&mut FieldWriter { out });
+        Ok(())
+    }
+
     fn encode_body(&self, w: &mut FieldWriter<'_>) {
         match self {
             Frame::Hello(hello) => {
@@ -759,4 +766,41 @@ pub fn negotiate_version(peer_min: u16, peer_max: u16) -> Result<u16, WireError>
 pub fn disk_scoped_prefix(body: &[u8]) -> Result<(u32, u64), WireError> {
     let mut r = FieldReader::new(body, "disk-scoped");
     Ok((r.u32("disk_id")?, r.u64("seq")?))
+}
+
+/// Stores a disk-scoped frame body together with the disk it belongs to, so that a cache record
+/// stays meaningful after the connection that sent it is gone: `DiskInfo ++ frame body`.
+pub fn encode_stored(
+    disk: &DiskInfo<'_>,
+    frame_body: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    check_name("DiskInfo.name", disk.name)?;
+    encode_disk_info(&mut FieldWriter { out }, disk);
+    out.extend_from_slice(frame_body);
+    Ok(())
+}
+
+/// Splits a body made by `encode_stored`.
+pub fn decode_stored(body: &[u8]) -> Result<(DiskInfo<'_>, &[u8]), WireError> {
+    let mut r = FieldReader::new(body, "stored");
+    let disk = decode_disk_info(&mut r)?;
+    Ok((disk, r.rest()))
+}
+
+/// A generation as 32 lowercase hex digits, the form state files and logs use.
+pub fn generation_to_hex(generation: &Generation) -> String {
+    generation.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Parses `generation_to_hex` output; `None` unless exactly 32 hex digits.
+pub fn generation_from_hex(text: &str) -> Option<Generation> {
+    if text.len() != 32 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
 }

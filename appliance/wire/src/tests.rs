@@ -102,6 +102,15 @@ fn raw_frame_is_readdressed() {
 }
 
 #[test]
+fn stored_body_round_trip() {
+    let disk = DiskInfo { name: "vm1-disk0", generation: [7; 16], size_bytes: 1 << 30 };
+    let mut out = Vec::new();
+    encode_stored(&disk, b"body", &mut out).unwrap();
+    assert_eq!(decode_stored(&out).unwrap(), (disk, &b"body"[..]));
+    assert!(decode_stored(&out[..5]).is_err());
+}
+
+#[test]
 fn compression_round_trip_and_skip() {
     let text = b"siterelay ".repeat(10_000);
     let mut packed = Vec::new();

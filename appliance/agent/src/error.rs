@@ -1,0 +1,24 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("relay {addr} unreachable for {seconds} s (last error: {last_error}); giving up")]
+    RelayUnreachable { addr: std::net::SocketAddr, seconds: u64, last_error: String },
+    #[error("relay refused: {0}")]
+    Refused(String),
+    #[error("protocol error from relay: {0}")]
+    Protocol(String),
+    #[error("disk {disk}: the relay holds sequence {relay_seq} but we still need to resend from {needed}: the relay lost acknowledged data (cache loss); run the agent again to resync")]
+    RelayLostData { disk: String, relay_seq: u64, needed: u64 },
+    #[error("bad state file {}: {reason}", path.display())]
+    State { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Wire(#[from] wire::WireError),
+}

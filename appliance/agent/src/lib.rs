@@ -1,0 +1,198 @@
+//! The capture agent (design.md §1): protects raw image files and block devices by sending
+//! their content to a relay. A first run does a full sync (zero blocks become zero extents, no
+//! payload); later runs compare block checksums with the replica and send only what differs.
+//! Continuous capture through the NBD write tap builds on this.
+
+mod error;
+mod link;
+mod state;
+mod sync;
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use error::AgentError;
+use link::{Link, LinkDisk};
+use sync::{DiskSync, SyncLimits};
+
+#[derive(Debug, Clone)]
+pub struct DiskSource {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub relay: SocketAddr,
+    pub disks: Vec<DiskSource>,
+    pub state_dir: PathBuf,
+    pub block_bytes: usize,
+    pub read_chunk_bytes: usize,
+    pub frame_payload_bytes: usize,
+    pub window_bytes: usize,
+    pub reconnect_timeout: Duration,
+    /// Show progress bars (only drawn when stderr is a terminal).
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    Full,
+    Resync,
+}
+
+/// What one sync of one disk did.
+#[derive(Debug, Clone)]
+pub struct DiskReport {
+    pub name: String,
+    pub mode: SyncMode,
+    pub size_bytes: u64,
+    /// Bytes sent as data extents.
+    pub data_bytes: u64,
+    /// Bytes sent as zero extents (no payload).
+    pub zero_bytes: u64,
+    /// Bytes whose checksum matched the replica (resync only).
+    pub unchanged_bytes: u64,
+    pub differing_blocks: u64,
+    pub replicated_seq: u64,
+    pub seconds: f64,
+}
+
+impl DiskReport {
+    fn new(name: &str, mode: SyncMode, size_bytes: u64) -> Self {
+        DiskReport {
+            name: name.to_string(),
+            mode,
+            size_bytes,
+            data_bytes: 0,
+            zero_bytes: 0,
+            unchanged_bytes: 0,
+            differing_blocks: 0,
+            replicated_seq: 0,
+            seconds: 0.0,
+        }
+    }
+}
+
+struct OpenDisk {
+    source: DiskSource,
+    file: File,
+    size_bytes: u64,
+    mode: SyncMode,
+    state_path: PathBuf,
+    state: state::DiskStateFile,
+}
+
+/// Syncs every disk once and returns when all of them are durable at the target.
+pub fn sync_once(options: &AgentOptions) -> Result<Vec<DiskReport>, AgentError> {
+    let mut disks = Vec::with_capacity(options.disks.len());
+    for source in &options.disks {
+        disks.push(open_disk(options, source)?);
+    }
+    let link_disks = disks
+        .iter()
+        .map(|disk| LinkDisk {
+            name: disk.source.name.clone(),
+            generation: wire::generation_from_hex(&disk.state.generation)
+                .expect("validated on load"),
+            size_bytes: disk.size_bytes,
+        })
+        .collect();
+    let node_id = hostname();
+    let mut link = Link::connect(
+        options.relay,
+        node_id,
+        link_disks,
+        options.window_bytes,
+        options.reconnect_timeout,
+    )?;
+    let limits = SyncLimits {
+        block_bytes: options.block_bytes,
+        read_chunk_bytes: options.read_chunk_bytes,
+        frame_payload_bytes: options.frame_payload_bytes,
+    };
+    let mut reports = Vec::with_capacity(disks.len());
+    for (index, disk) in disks.iter_mut().enumerate() {
+        let progress = progress_bar(options.progress, disk);
+        let report = DiskSync {
+            link: &mut link,
+            disk: index,
+            name: &disk.source.name,
+            source: &disk.file,
+            size_bytes: disk.size_bytes,
+            limits,
+            progress: &progress,
+        }
+        .run(disk.mode)?;
+        progress.finish_and_clear();
+        disk.state.synced = true;
+        state::store(&disk.state_path, &disk.state)?;
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+fn open_disk(options: &AgentOptions, source: &DiskSource) -> Result<OpenDisk, AgentError> {
+    let file = File::open(&source.path).map_err(|error| AgentError::Io {
+        action: "open source disk",
+        path: source.path.clone(),
+        source: error,
+    })?;
+    let size_bytes = fsio::size_of(&file).map_err(|error| AgentError::Io {
+        action: "get the size of",
+        path: source.path.clone(),
+        source: error,
+    })?;
+    let state_path = state::state_path(&options.state_dir, &source.name);
+    let (state, mode) = match state::load(&state_path)? {
+        Some(existing) => {
+            if wire::generation_from_hex(&existing.generation).is_none() {
+                return Err(AgentError::State {
+                    path: state_path,
+                    reason: "generation is not 32 hex digits".into(),
+                });
+            }
+            (existing, SyncMode::Resync)
+        }
+        None => {
+            let fresh = state::DiskStateFile {
+                generation: wire::generation_to_hex(&state::new_generation()),
+                source: source.path.clone(),
+                synced: false,
+            };
+            // Persist the generation before any byte leaves, so a crash cannot fork history.
+            state::store(&state_path, &fresh)?;
+            (fresh, SyncMode::Full)
+        }
+    };
+    Ok(OpenDisk { source: source.clone(), file, size_bytes, mode, state_path, state })
+}
+
+fn progress_bar(enabled: bool, disk: &OpenDisk) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(disk.size_bytes);
+    let verb = match disk.mode {
+        SyncMode::Full => "initial sync",
+        SyncMode::Resync => "resync",
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{} {verb}", disk.source.name));
+    bar
+}
+
+fn hostname() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim();
+    let name = if name.is_empty() { "agent" } else { name };
+    name.chars().take(wire::limits::NAME_BYTES_MAX).collect()
+}

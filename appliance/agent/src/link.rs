@@ -1,0 +1,383 @@
+//! The agent's connection to its relay: handshake, a bounded window of unacknowledged frames
+//! kept for retransmission, and reconnection. Acks from the relay free the window (the frames
+//! are durable in the relay's cache); acks it relays from the target tell when a disk is
+//! replicated. A reader thread turns incoming frames into events.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use wire::{Frame, FrameReader, Generation, Role};
+
+use crate::error::AgentError;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone)]
+pub(crate) struct LinkDisk {
+    pub(crate) name: String,
+    pub(crate) generation: Generation,
+    pub(crate) size_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct DiskWindow {
+    /// Next sequence number to assign.
+    next_seq: u64,
+    /// Highest sequence durable in the relay's cache.
+    durable_seq: u64,
+    /// Highest sequence durable at the target.
+    replicated_seq: u64,
+    unacked: VecDeque<(u64, Vec<u8>)>,
+}
+
+#[derive(Debug)]
+enum Event {
+    Ack(Vec<wire::AckEntry>),
+    Checksums { request_id: u64, sums: Vec<u8> },
+    Error { code: u16, message: String },
+    Closed(String),
+}
+
+#[derive(Debug)]
+pub(crate) struct Link {
+    addr: SocketAddr,
+    node_id: String,
+    disks: Vec<LinkDisk>,
+    windows: Vec<DiskWindow>,
+    window_bytes: usize,
+    window_bytes_max: usize,
+    reconnect_timeout: Duration,
+    stream: Option<TcpStream>,
+    events: Option<Receiver<Event>>,
+    /// Checksum requests not yet answered, resent after a reconnect: (disk, encoded frame).
+    open_requests: HashMap<u64, (usize, Vec<u8>)>,
+    answers: HashMap<u64, Vec<u8>>,
+    next_request_id: u64,
+}
+
+impl Link {
+    pub(crate) fn connect(
+        addr: SocketAddr,
+        node_id: String,
+        disks: Vec<LinkDisk>,
+        window_bytes_max: usize,
+        reconnect_timeout: Duration,
+    ) -> Result<Link, AgentError> {
+        let windows = disks.iter().map(|_| DiskWindow::default()).collect();
+        let mut link = Link {
+            addr,
+            node_id,
+            disks,
+            windows,
+            window_bytes: 0,
+            window_bytes_max,
+            reconnect_timeout,
+            stream: None,
+            events: None,
+            open_requests: HashMap::new(),
+            answers: HashMap::new(),
+            next_request_id: 1,
+        };
+        link.reconnect()?;
+        Ok(link)
+    }
+
+    /// (Re)establishes the connection, retrying until `reconnect_timeout` has passed.
+    fn reconnect(&mut self) -> Result<(), AgentError> {
+        if let Some(stream) = self.stream.take() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        self.events = None;
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            let error = match self.try_connect() {
+                Ok(()) => return Ok(()),
+                Err(error @ (AgentError::Refused(_) | AgentError::RelayLostData { .. })) => {
+                    return Err(error)
+                }
+                Err(error) => error,
+            };
+            attempts += 1;
+            if attempts == 1 || attempts.is_multiple_of(25) {
+                log::warn!("relay {} not reachable ({error}); retrying", self.addr);
+            }
+            if started.elapsed() >= self.reconnect_timeout {
+                return Err(AgentError::RelayUnreachable {
+                    addr: self.addr,
+                    seconds: self.reconnect_timeout.as_secs(),
+                    last_error: error.to_string(),
+                });
+            }
+            std::thread::sleep(RECONNECT_PAUSE);
+        }
+    }
+
+    fn try_connect(&mut self) -> Result<(), AgentError> {
+        let io = |source| AgentError::Protocol(format!("connect: {source}"));
+        let mut stream = TcpStream::connect_timeout(&self.addr, CONNECT_TIMEOUT).map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
+        let disks: Vec<wire::DiskInfo<'_>> = self
+            .disks
+            .iter()
+            .map(|disk| wire::DiskInfo {
+                name: &disk.name,
+                generation: disk.generation,
+                size_bytes: disk.size_bytes,
+            })
+            .collect();
+        let mut hello = Vec::new();
+        Frame::Hello(wire::Hello {
+            version_min: wire::PROTOCOL_VERSION_MIN,
+            version_max: wire::PROTOCOL_VERSION_MAX,
+            role: Role::Agent,
+            product_version: env!("CARGO_PKG_VERSION"),
+            site_id: "",
+            node_id: &self.node_id,
+            disks,
+        })
+        .encode(&mut hello)?;
+        stream.write_all(&hello).map_err(io)?;
+        let (sender, receiver) = mpsc::channel();
+        let reader = stream.try_clone().map_err(io)?;
+        std::thread::Builder::new()
+            .name("agent-link-reader".into())
+            .spawn(move || read_events(reader, &sender))
+            .map_err(io)?;
+        // The relay answers Hello with Hello and then one Ack covering every disk.
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        let acks = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match receiver.recv_timeout(remaining) {
+                Ok(Event::Ack(entries)) => break entries,
+                Ok(Event::Error { code, message }) => {
+                    return Err(AgentError::Refused(format!("{message} (code {code})")))
+                }
+                Ok(Event::Closed(reason)) => return Err(AgentError::Protocol(reason)),
+                Ok(Event::Checksums { .. }) => {}
+                Err(_) => return Err(AgentError::Protocol("no handshake answer".into())),
+            }
+        };
+        self.stream = Some(stream);
+        self.events = Some(receiver);
+        self.resume(&acks)
+    }
+
+    /// After a (re)connect: adopt the relay's positions and resend what it does not hold.
+    fn resume(&mut self, acks: &[wire::AckEntry]) -> Result<(), AgentError> {
+        for ack in acks {
+            let index = ack.disk_id as usize;
+            let Some(window) = self.windows.get_mut(index) else { continue };
+            let first_needed = window.unacked.front().map_or(window.next_seq, |(seq, _)| *seq);
+            if window.unacked.is_empty() && window.next_seq == 0 {
+                // First contact: continue the relay's sequence for this generation.
+                window.next_seq = ack.durable_seq + 1;
+            } else if ack.durable_seq + 1 < first_needed {
+                return Err(AgentError::RelayLostData {
+                    disk: self.disks[index].name.clone(),
+                    relay_seq: ack.durable_seq,
+                    needed: first_needed,
+                });
+            }
+            window.replicated_seq = window.replicated_seq.max(ack.replicated_seq);
+        }
+        self.on_ack(acks);
+        let mut resend = Vec::new();
+        for window in &self.windows {
+            resend.extend(window.unacked.iter().map(|(_, frame)| frame.clone()));
+        }
+        resend.extend(self.open_requests.values().map(|(_, frame)| frame.clone()));
+        for frame in resend {
+            self.write_raw(&frame);
+        }
+        Ok(())
+    }
+
+    fn on_ack(&mut self, acks: &[wire::AckEntry]) {
+        for ack in acks {
+            let Some(window) = self.windows.get_mut(ack.disk_id as usize) else { continue };
+            window.durable_seq = window.durable_seq.max(ack.durable_seq);
+            window.replicated_seq = window.replicated_seq.max(ack.replicated_seq);
+            while window.unacked.front().is_some_and(|(seq, _)| *seq <= window.durable_seq) {
+                let (_, frame) = window.unacked.pop_front().expect("front checked");
+                self.window_bytes -= frame.len();
+            }
+        }
+    }
+
+    /// Writes bytes; a failure only drops the connection, which the next wait repairs.
+    fn write_raw(&mut self, bytes: &[u8]) {
+        if let Some(stream) = self.stream.as_mut() {
+            if let Err(error) = stream.write_all(bytes) {
+                log::debug!("send failed: {error}");
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    pub(crate) fn next_seq(&mut self, disk: usize) -> u64 {
+        let window = &mut self.windows[disk];
+        let seq = window.next_seq;
+        window.next_seq += 1;
+        seq
+    }
+
+    /// Sends a sequenced frame and keeps it until the relay acks it, waiting while the window
+    /// is full.
+    pub(crate) fn send_sequenced(
+        &mut self,
+        disk: usize,
+        seq: u64,
+        frame: Vec<u8>,
+    ) -> Result<(), AgentError> {
+        while self.window_bytes + frame.len() > self.window_bytes_max && self.window_bytes > 0 {
+            self.wait_event(Duration::from_secs(1))?;
+        }
+        self.write_raw(&frame);
+        self.window_bytes += frame.len();
+        self.windows[disk].unacked.push_back((seq, frame));
+        Ok(())
+    }
+
+    /// Sends an unsequenced frame that needs no retransmission (progress reports).
+    pub(crate) fn send_unsequenced(&mut self, frame: &Frame<'_>) -> Result<(), AgentError> {
+        let mut bytes = Vec::new();
+        frame.encode(&mut bytes)?;
+        self.write_raw(&bytes);
+        Ok(())
+    }
+
+    pub(crate) fn request_checksums(
+        &mut self,
+        disk: usize,
+        offset: u64,
+        block_bytes: u32,
+        block_count: u32,
+    ) -> Result<u64, AgentError> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let mut bytes = Vec::new();
+        Frame::ChecksumRequest(wire::ChecksumRequest {
+            disk_id: disk as u32,
+            request_id,
+            offset,
+            block_bytes,
+            block_count,
+        })
+        .encode(&mut bytes)?;
+        self.write_raw(&bytes);
+        self.open_requests.insert(request_id, (disk, bytes));
+        Ok(request_id)
+    }
+
+    /// Waits for the answer to a checksum request.
+    pub(crate) fn take_checksums(&mut self, request_id: u64) -> Result<Vec<u8>, AgentError> {
+        loop {
+            if let Some(sums) = self.answers.remove(&request_id) {
+                return Ok(sums);
+            }
+            self.wait_event(Duration::from_secs(1))?;
+        }
+    }
+
+    /// Waits until every frame sent for every disk is durable at the target.
+    pub(crate) fn wait_replicated(&mut self) -> Result<(), AgentError> {
+        while self.windows.iter().any(|window| window.replicated_seq + 1 < window.next_seq) {
+            self.wait_event(Duration::from_secs(1))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn replicated_seq(&self, disk: usize) -> u64 {
+        self.windows[disk].replicated_seq
+    }
+
+    /// Handles at most one event, reconnecting if the connection dropped.
+    fn wait_event(&mut self, timeout: Duration) -> Result<(), AgentError> {
+        let event = match self.events.as_ref() {
+            Some(events) => match events.recv_timeout(timeout) {
+                Ok(event) => event,
+                Err(RecvTimeoutError::Timeout) => return Ok(()),
+                Err(RecvTimeoutError::Disconnected) => Event::Closed("reader stopped".into()),
+            },
+            None => Event::Closed("not connected".into()),
+        };
+        match event {
+            Event::Ack(entries) => self.on_ack(&entries),
+            Event::Checksums { request_id, sums } => {
+                if self.open_requests.remove(&request_id).is_some() {
+                    self.answers.insert(request_id, sums);
+                }
+            }
+            Event::Error { code, message } => {
+                log::error!("relay reported error {code}: {message}");
+                if code == wire::error_code::GENERATION || code == wire::error_code::LIMIT {
+                    return Err(AgentError::Refused(message));
+                }
+            }
+            Event::Closed(reason) => {
+                log::warn!("connection to relay {} lost: {reason}; reconnecting", self.addr);
+                self.reconnect()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn read_events(mut stream: TcpStream, events: &mpsc::Sender<Event>) {
+    let mut reader = FrameReader::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let reason = loop {
+        let received = match stream.read(&mut buf) {
+            Ok(0) => break "closed by relay".to_string(),
+            Ok(n) => n,
+            Err(error) => break error.to_string(),
+        };
+        reader.feed(&buf[..received]);
+        match forward_frames(&mut reader, events) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => break error.to_string(),
+        }
+    };
+    let _ = events.send(Event::Closed(reason));
+}
+
+/// Returns Ok(false) when the receiving side has gone away.
+fn forward_frames(
+    reader: &mut FrameReader,
+    events: &mpsc::Sender<Event>,
+) -> Result<bool, wire::WireError> {
+    while let Some((raw, used)) = reader.peek()? {
+        let event = match raw.decode()? {
+            Frame::Ack(entries) => Some(Event::Ack(entries)),
+            Frame::Checksums(sums) => {
+                Some(Event::Checksums { request_id: sums.request_id, sums: sums.sums.to_vec() })
+            }
+            Frame::Error { code, message } => {
+                Some(Event::Error { code, message: message.to_string() })
+            }
+            _ => None,
+        };
+        reader.consume(used);
+        if let Some(event) = event {
+            if events.send(event).is_err() {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,59 @@
+//! What the agent remembers per disk between runs: the replication generation (invariant 5)
+//! and whether a sync has been attempted, which decides full sync versus checksum resync.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use wire::Generation;
+
+use crate::error::AgentError;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DiskStateFile {
+    pub(crate) generation: String,
+    pub(crate) source: PathBuf,
+    /// True once a sync of this generation completed: the replica then matches a past state.
+    pub(crate) synced: bool,
+}
+
+pub(crate) fn state_path(state_dir: &Path, disk: &str) -> PathBuf {
+    state_dir.join(format!("{disk}.json"))
+}
+
+pub(crate) fn load(path: &Path) -> Result<Option<DiskStateFile>, AgentError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(AgentError::Io { action: "read", path: path.to_path_buf(), source })
+        }
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|error| AgentError::State { path: path.to_path_buf(), reason: error.to_string() })
+}
+
+pub(crate) fn store(path: &Path, state: &DiskStateFile) -> Result<(), AgentError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| AgentError::Io {
+            action: "create directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let text = serde_json::to_string_pretty(state).expect("state serializes");
+    fsio::write_atomic(path, text.as_bytes()).map_err(|source| AgentError::Io {
+        action: "write",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub(crate) fn new_generation() -> Generation {
+    let mut generation = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut generation)
+        .expect("system random source");
+    generation[6] = (generation[6] & 0x0f) | 0x40; // UUID version 4
+    generation[8] = (generation[8] & 0x3f) | 0x80;
+    generation
+}

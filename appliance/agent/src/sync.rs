@@ -1,0 +1,200 @@
+//! Full sync and checksum resync of one disk. Both read the source in large aligned chunks,
+//! classify blocks (zero, data, unchanged) and pack them into `Writes` frames.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use wire::{Compression, DiskStateKind, Extent, Frame, Writes, EXTENT_ZERO};
+
+use crate::error::AgentError;
+use crate::link::Link;
+use crate::{DiskReport, SyncMode};
+
+/// Extents per frame; well under the protocol's limit so a frame of small runs stays small.
+const FRAME_EXTENTS_MAX: usize = 1024;
+/// Largest zero extent: long runs of zeros cost one extent per GiB.
+const ZERO_EXTENT_BYTES_MAX: u64 = 1 << 30;
+/// Checksum requests kept in flight ahead of the reader during a resync.
+const CHECKSUM_REQUESTS_AHEAD: usize = 4;
+const PROGRESS_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SyncLimits {
+    pub(crate) block_bytes: usize,
+    pub(crate) read_chunk_bytes: usize,
+    pub(crate) frame_payload_bytes: usize,
+}
+
+/// Accumulates extents and payload into one `Writes` frame at a time.
+struct FrameBuilder {
+    disk: usize,
+    extents: Vec<Extent>,
+    payload: Vec<u8>,
+    payload_max: usize,
+}
+
+impl FrameBuilder {
+    fn add_zero(&mut self, link: &mut Link, offset: u64, len: u64) -> Result<(), AgentError> {
+        if let Some(last) = self.extents.last_mut() {
+            let end = last.offset + u64::from(last.len);
+            if last.flags == EXTENT_ZERO
+                && end == offset
+                && u64::from(last.len) + len <= ZERO_EXTENT_BYTES_MAX
+            {
+                last.len += len as u32;
+                return Ok(());
+            }
+        }
+        self.push_extent(link, Extent { offset, len: len as u32, flags: EXTENT_ZERO }, &[])
+    }
+
+    fn add_data(&mut self, link: &mut Link, offset: u64, data: &[u8]) -> Result<(), AgentError> {
+        if self.payload.len() + data.len() > self.payload_max {
+            self.emit(link)?;
+        }
+        if let Some(last) = self.extents.last_mut() {
+            if last.flags == 0 && last.offset + u64::from(last.len) == offset {
+                last.len += data.len() as u32;
+                self.payload.extend_from_slice(data);
+                return Ok(());
+            }
+        }
+        self.push_extent(link, Extent { offset, len: data.len() as u32, flags: 0 }, data)
+    }
+
+    fn push_extent(
+        &mut self,
+        link: &mut Link,
+        extent: Extent,
+        data: &[u8],
+    ) -> Result<(), AgentError> {
+        if self.extents.len() >= FRAME_EXTENTS_MAX {
+            self.emit(link)?;
+        }
+        self.extents.push(extent);
+        self.payload.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn emit(&mut self, link: &mut Link) -> Result<(), AgentError> {
+        if self.extents.is_empty() {
+            return Ok(());
+        }
+        let seq = link.next_seq(self.disk);
+        let mut bytes = Vec::with_capacity(self.payload.len() + self.extents.len() * 16 + 64);
+        Frame::Writes(Writes {
+            disk_id: self.disk as u32,
+            seq,
+            compression: Compression::None,
+            data_len: self.payload.len() as u32,
+            extents: std::mem::take(&mut self.extents),
+            payload: &self.payload,
+        })
+        .encode(&mut bytes)?;
+        self.payload.clear();
+        link.send_sequenced(self.disk, seq, bytes)
+    }
+}
+
+pub(crate) struct DiskSync<'a> {
+    pub(crate) link: &'a mut Link,
+    pub(crate) disk: usize,
+    pub(crate) name: &'a str,
+    pub(crate) source: &'a File,
+    pub(crate) size_bytes: u64,
+    pub(crate) limits: SyncLimits,
+    pub(crate) progress: &'a indicatif::ProgressBar,
+}
+
+impl DiskSync<'_> {
+    pub(crate) fn run(mut self, mode: SyncMode) -> Result<DiskReport, AgentError> {
+        let started = Instant::now();
+        let mut report = DiskReport::new(self.name, mode, self.size_bytes);
+        let mut builder = FrameBuilder {
+            disk: self.disk,
+            extents: Vec::new(),
+            payload: Vec::with_capacity(self.limits.frame_payload_bytes),
+            payload_max: self.limits.frame_payload_bytes,
+        };
+        let state = match mode {
+            SyncMode::Full => DiskStateKind::InitialSync,
+            SyncMode::Resync => DiskStateKind::Resyncing,
+        };
+        let mut chunk = vec![0u8; self.limits.read_chunk_bytes];
+        let mut last_report = Instant::now() - PROGRESS_REPORT_INTERVAL;
+        let blocks_per_chunk = self.limits.read_chunk_bytes / self.limits.block_bytes;
+        let mut pending_requests = std::collections::VecDeque::new();
+        let mut next_request_offset = 0u64;
+        let mut offset = 0u64;
+        while offset < self.size_bytes {
+            let len = (self.size_bytes - offset).min(chunk.len() as u64) as usize;
+            let sums = if mode == SyncMode::Resync {
+                while pending_requests.len() < CHECKSUM_REQUESTS_AHEAD
+                    && next_request_offset < self.size_bytes
+                {
+                    let id = self.link.request_checksums(
+                        self.disk,
+                        next_request_offset,
+                        self.limits.block_bytes as u32,
+                        blocks_per_chunk as u32,
+                    )?;
+                    pending_requests.push_back(id);
+                    next_request_offset += chunk.len() as u64;
+                }
+                let id = pending_requests.pop_front().expect("a request covers this chunk");
+                Some(self.link.take_checksums(id)?)
+            } else {
+                None
+            };
+            self.read_chunk(&mut chunk[..len], offset)?;
+            for (index, block) in chunk[..len].chunks(self.limits.block_bytes).enumerate() {
+                let block_offset = offset + (index * self.limits.block_bytes) as u64;
+                if let Some(sums) = &sums {
+                    let theirs = sums.get(index * 16..index * 16 + 16);
+                    if theirs == Some(&wire::block_checksum(block)[..]) {
+                        report.unchanged_bytes += block.len() as u64;
+                        continue;
+                    }
+                    report.differing_blocks += 1;
+                }
+                if wire::is_zero(block) {
+                    builder.add_zero(self.link, block_offset, block.len() as u64)?;
+                    report.zero_bytes += block.len() as u64;
+                } else {
+                    builder.add_data(self.link, block_offset, block)?;
+                    report.data_bytes += block.len() as u64;
+                }
+            }
+            offset += len as u64;
+            self.progress.set_position(offset);
+            if last_report.elapsed() >= PROGRESS_REPORT_INTERVAL {
+                self.report_state(state, offset)?;
+                last_report = Instant::now();
+            }
+        }
+        builder.emit(self.link)?;
+        self.link.wait_replicated()?;
+        self.report_state(DiskStateKind::Protected, self.size_bytes)?;
+        report.seconds = started.elapsed().as_secs_f64();
+        report.replicated_seq = self.link.replicated_seq(self.disk);
+        Ok(report)
+    }
+
+    fn read_chunk(&self, buf: &mut [u8], offset: u64) -> Result<(), AgentError> {
+        self.source.read_exact_at(buf, offset).map_err(|source| AgentError::Io {
+            action: "read source disk",
+            path: self.name.into(),
+            source,
+        })
+    }
+
+    fn report_state(&mut self, state: DiskStateKind, done_bytes: u64) -> Result<(), AgentError> {
+        self.link.send_unsequenced(&Frame::DiskState(wire::DiskState {
+            disk_id: self.disk as u32,
+            state,
+            done_bytes,
+            total_bytes: self.size_bytes,
+        }))
+    }
+}

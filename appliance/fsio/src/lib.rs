@@ -1,0 +1,84 @@
+//! Durable-file helpers shared by the roles. Each function says what is durable when it
+//! returns, because callers build "ack means durable" on top of them.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Makes the entries of `dir` (creations, renames, removals) durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content, and
+/// the new content is durable when this returns.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    fsync_dir(dir)
+}
+
+/// Size in bytes of a regular file or a block device.
+pub fn size_of(file: &File) -> io::Result<u64> {
+    let metadata = file.metadata()?;
+    if metadata.is_file() {
+        return Ok(metadata.len());
+    }
+    // Block devices report length 0 in metadata; seeking to the end gives their size.
+    let mut handle = file;
+    handle.seek(SeekFrom::End(0))
+}
+
+/// Makes `[offset, offset + len)` read back as zeros, deallocating it where the file system can.
+pub fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    let (Ok(start), Ok(length)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+    else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "range beyond off_t"));
+    };
+    // SAFETY: fallocate only reads its integer arguments; the fd is owned by `file` and open.
+    let result = unsafe { libc::fallocate(file.as_raw_fd(), mode, start, length) };
+    if result == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENODEV) => write_zeros(file, offset, len),
+        _ => Err(error),
+    }
+}
+
+fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK];
+    let mut done = 0u64;
+    while done < len {
+        let step = (len - done).min(CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..step], offset + done)?;
+        done += step as u64;
+    }
+    Ok(())
+}
+
+/// Reads as much of `buf` as the file holds at `offset`; bytes past the end are zero-filled.
+/// Returns the number of bytes that came from the file.
+pub fn read_at_padded(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    buf[filled..].fill(0);
+    Ok(filled)
+}

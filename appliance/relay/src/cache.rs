@@ -1,0 +1,346 @@
+//! The relay's durable cache journal: append-only segment files of CRC-checked records
+//! (crate `journal`), each record a disk-scoped frame body stored with its disk's identity.
+//!
+//! Life of a record: staged in `pending`; written and fdatasync'ed as part of a group commit
+//! (only then acked to the agent); read back and forwarded to the target; once the target acked
+//! every record of a segment, the segment file is deleted. `cache.state` remembers each disk's
+//! replicated sequence, so deleting segments never forgets where a disk stands.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::disks::Disks;
+use crate::error::{io_error, RelayError};
+
+/// Bytes read at a time by the recovery scan: keeps start-up memory flat whatever the segment size.
+const SCAN_CHUNK_BYTES: usize = 4 << 20;
+
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) index: u64,
+    pub(crate) file: File,
+    /// Bytes written or being written.
+    pub(crate) len: u64,
+    /// Bytes known durable: only these are forwarded.
+    pub(crate) durable_len: u64,
+    /// Highest sequence per disk in this segment; the segment may go once all are replicated.
+    pub(crate) max_seq: HashMap<usize, u64>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Cache {
+    pub(crate) dir: PathBuf,
+    pub(crate) segment_bytes_max: u64,
+    pub(crate) bytes_max: u64,
+    /// Oldest first; the last one takes appends.
+    pub(crate) segments: VecDeque<Segment>,
+    /// Records waiting for the next group commit, and the highest sequence each disk has there.
+    pub(crate) pending: Vec<u8>,
+    pub(crate) pending_seqs: HashMap<usize, u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Default)]
+struct StateFile {
+    disks: Vec<DiskState>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DiskState {
+    name: String,
+    generation: String,
+    size_bytes: u64,
+    replicated_seq: u64,
+}
+
+impl Cache {
+    /// Opens the cache directory: loads the state, scans every segment (truncating a torn tail
+    /// of the newest one), and rebuilds each disk's positions.
+    pub(crate) fn open(
+        dir: &Path,
+        segment_bytes_max: u64,
+        bytes_max: u64,
+        disks: &mut Disks,
+    ) -> Result<Cache, RelayError> {
+        std::fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+        load_state(dir, disks)?;
+        let indexes = list_segments(dir)?;
+        let mut segments = VecDeque::with_capacity(indexes.len() + 1);
+        for (position, index) in indexes.iter().enumerate() {
+            let is_newest = position + 1 == indexes.len();
+            segments.push_back(scan_segment(dir, *index, is_newest, disks)?);
+        }
+        let mut cache = Cache {
+            dir: dir.to_path_buf(),
+            segment_bytes_max,
+            bytes_max,
+            segments,
+            pending: Vec::new(),
+            pending_seqs: HashMap::new(),
+        };
+        if cache.segments.back().is_none_or(|last| last.len >= segment_bytes_max) {
+            cache.add_segment()?;
+        }
+        let records: u64 = cache.segments.iter().map(|segment| segment.len).sum();
+        log::info!(
+            "cache {}: {} segments, {} bytes to forward",
+            dir.display(),
+            cache.segments.len(),
+            records
+        );
+        Ok(cache)
+    }
+
+    pub(crate) fn bytes_used(&self) -> u64 {
+        self.segments.iter().map(|segment| segment.len).sum::<u64>() + self.pending.len() as u64
+    }
+
+    pub(crate) fn active(&mut self) -> &mut Segment {
+        self.segments.back_mut().expect("the cache always has an active segment")
+    }
+
+    /// Stages one record for the next group commit.
+    pub(crate) fn stage(
+        &mut self,
+        disk: usize,
+        seq: Option<u64>,
+        kind: u8,
+        body: &[u8],
+    ) -> Result<(), RelayError> {
+        journal::encode_record(kind, body, &mut self.pending)
+            .map_err(|source| RelayError::Journal { path: self.dir.clone(), source })?;
+        if let Some(seq) = seq {
+            self.pending_seqs.insert(disk, seq);
+            let active = self.active();
+            let entry = active.max_seq.entry(disk).or_insert(0);
+            *entry = (*entry).max(seq);
+        }
+        Ok(())
+    }
+
+    /// Starts a new active segment once the current one is full. Called between group commits.
+    pub(crate) fn rotate_if_full(&mut self) -> Result<(), RelayError> {
+        if self.active().len >= self.segment_bytes_max {
+            self.add_segment()?;
+        }
+        Ok(())
+    }
+
+    fn add_segment(&mut self) -> Result<(), RelayError> {
+        let index = self.segments.back().map_or(0, |last| last.index + 1);
+        let path = self.dir.join(journal::segment_file_name(index));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_error("create", &path))?;
+        fsio::fsync_dir(&self.dir).map_err(io_error("fsync", &self.dir))?;
+        self.segments.push_back(Segment {
+            index,
+            file,
+            len: 0,
+            durable_len: 0,
+            max_seq: HashMap::new(),
+        });
+        Ok(())
+    }
+
+    /// Deletes sealed segments whose every record the target has acked and the forwarder has
+    /// passed. Persists the disks' positions first, so the deletion never loses them.
+    pub(crate) fn free_replicated(
+        &mut self,
+        disks: &Disks,
+        forward_segment: u64,
+    ) -> Result<u64, RelayError> {
+        let mut freeable = 0;
+        for segment in self.segments.iter().take(self.segments.len().saturating_sub(1)) {
+            let replicated =
+                segment.max_seq.iter().all(|(disk, seq)| disks.list[*disk].replicated_seq >= *seq);
+            if !replicated || segment.index >= forward_segment {
+                break;
+            }
+            freeable += 1;
+        }
+        if freeable == 0 {
+            return Ok(0);
+        }
+        store_state(&self.dir, disks)?;
+        let mut freed = 0;
+        for _ in 0..freeable {
+            let segment = self.segments.pop_front().expect("counted above");
+            let path = self.dir.join(journal::segment_file_name(segment.index));
+            std::fs::remove_file(&path).map_err(io_error("remove", &path))?;
+            freed += segment.len;
+        }
+        Ok(freed)
+    }
+
+    pub(crate) fn segment_path(&self, index: u64) -> PathBuf {
+        self.dir.join(journal::segment_file_name(index))
+    }
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("cache.state")
+}
+
+fn load_state(dir: &Path, disks: &mut Disks) -> Result<(), RelayError> {
+    let path = state_path(dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(io_error("read", &path)(error)),
+    };
+    let state: StateFile = serde_json::from_str(&text)
+        .map_err(|error| RelayError::State { path: path.clone(), reason: error.to_string() })?;
+    for disk in state.disks {
+        let generation =
+            wire::generation_from_hex(&disk.generation).ok_or_else(|| RelayError::State {
+                path: path.clone(),
+                reason: format!("disk {}: bad generation", disk.name),
+            })?;
+        disks.insert(&disk.name, generation, disk.size_bytes, disk.replicated_seq);
+    }
+    Ok(())
+}
+
+fn store_state(dir: &Path, disks: &Disks) -> Result<(), RelayError> {
+    let state = StateFile {
+        disks: disks
+            .list
+            .iter()
+            .map(|disk| DiskState {
+                name: disk.name.clone(),
+                generation: wire::generation_to_hex(&disk.generation),
+                size_bytes: disk.size_bytes,
+                replicated_seq: disk.replicated_seq,
+            })
+            .collect(),
+    };
+    let path = state_path(dir);
+    let text = serde_json::to_string_pretty(&state).expect("state serializes");
+    fsio::write_atomic(&path, text.as_bytes()).map_err(io_error("write", &path))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u64>, RelayError> {
+    let mut indexes = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error("list", dir))? {
+        let entry = entry.map_err(io_error("list", dir))?;
+        if let Some(index) = entry.file_name().to_str().and_then(journal::parse_segment_file_name) {
+            indexes.push(index);
+        }
+    }
+    indexes.sort_unstable();
+    Ok(indexes)
+}
+
+/// Scans one segment in chunks, registering its records with `disks`. A damaged tail is
+/// truncated if it is the newest segment's and nothing valid follows it.
+fn scan_segment(
+    dir: &Path,
+    index: u64,
+    is_newest: bool,
+    disks: &mut Disks,
+) -> Result<Segment, RelayError> {
+    let path = dir.join(journal::segment_file_name(index));
+    let mut file =
+        OpenOptions::new().read(true).write(true).open(&path).map_err(io_error("open", &path))?;
+    let file_len = file.metadata().map_err(io_error("stat", &path))?.len();
+    let mut max_seq = HashMap::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(SCAN_CHUNK_BYTES);
+    let mut buf_offset = 0u64; // file offset of buf[0]
+    let mut chunk = vec![0u8; SCAN_CHUNK_BYTES];
+    let mut eof = false;
+    let valid_len = loop {
+        let mut consumed = 0usize;
+        let stop = loop {
+            match journal::decode_record(&buf[consumed..], buf_offset + consumed as u64) {
+                Ok(Some((record, used))) => {
+                    register_record(
+                        &path,
+                        buf_offset + consumed as u64,
+                        record,
+                        disks,
+                        &mut max_seq,
+                    )?;
+                    consumed += used;
+                }
+                Ok(None) => break None,
+                Err(error) => break Some(error),
+            }
+        };
+        buf.drain(..consumed);
+        buf_offset += consumed as u64;
+        if stop.is_some() || eof {
+            if buf.is_empty() {
+                break buf_offset;
+            }
+            // Damage or a torn write at buf_offset: decide with the whole remainder.
+            let mut rest = Vec::new();
+            rest.extend_from_slice(&buf);
+            file.read_to_end(&mut rest).map_err(io_error("read", &path))?;
+            return finish_damaged_segment(
+                path, file, index, is_newest, buf_offset, &rest, max_seq,
+            );
+        }
+        let read = file.read(&mut chunk).map_err(io_error("read", &path))?;
+        eof = read == 0;
+        buf.extend_from_slice(&chunk[..read]);
+    };
+    assert_eq!(valid_len, file_len, "a clean scan covers the whole file");
+    Ok(Segment { index, file, len: valid_len, durable_len: valid_len, max_seq })
+}
+
+fn finish_damaged_segment(
+    path: PathBuf,
+    file: File,
+    index: u64,
+    is_newest: bool,
+    offset: u64,
+    rest: &[u8],
+    max_seq: HashMap<usize, u64>,
+) -> Result<Segment, RelayError> {
+    match journal::recover(rest) {
+        Err(source) => Err(RelayError::Journal { path, source }),
+        Ok(recovery) if !is_newest => Err(RelayError::DamagedSealedSegment {
+            path,
+            offset,
+            reason: format!("{:?}", recovery.tail),
+        }),
+        Ok(recovery) => {
+            assert_eq!(recovery.valid_len, 0, "records were consumed up to the damage");
+            log::warn!("cache segment {}: truncating a torn tail of {} bytes at byte {offset} (an unacknowledged write interrupted by a crash)", path.display(), rest.len());
+            file.set_len(offset).map_err(io_error("truncate", &path))?;
+            file.sync_all().map_err(io_error("fsync", &path))?;
+            Ok(Segment { index, file, len: offset, durable_len: offset, max_seq })
+        }
+    }
+}
+
+fn register_record(
+    path: &Path,
+    offset: u64,
+    record: journal::RecordRef<'_>,
+    disks: &mut Disks,
+    max_seq: &mut HashMap<usize, u64>,
+) -> Result<(), RelayError> {
+    let record_error = |source| RelayError::Record { path: path.to_path_buf(), offset, source };
+    let frame_type = wire::FrameType::from_u8(record.kind).map_err(record_error)?;
+    let (info, body) = wire::decode_stored(record.body).map_err(record_error)?;
+    let disk = disks.insert(info.name, info.generation, info.size_bytes, 0);
+    disks.list[disk].size_bytes = info.size_bytes;
+    if matches!(frame_type, wire::FrameType::Writes | wire::FrameType::Marker) {
+        let (_, seq) = wire::disk_scoped_prefix(body).map_err(record_error)?;
+        let entry = &mut disks.list[disk];
+        entry.cache_seq = entry.cache_seq.max(seq);
+        entry.received_seq = entry.cache_seq;
+        let slot = max_seq.entry(disk).or_insert(0);
+        *slot = (*slot).max(seq);
+    }
+    Ok(())
+}

@@ -1,0 +1,1059 @@
+//! The relay's single-threaded io_uring event loop. Every operation carries a tag (`kind` in
+//! the top byte, a connection id below); completions drive small state machines: connection
+//! buffers, the group commit of the cache, the forward cursor, and the target link.
+
+use std::collections::HashMap;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use uring::{Completion, Op, Ring};
+use wire::{
+    error_code, AckEntry, Compression, DiskInfo, Frame, FrameReader, FrameType, RawFrame, Role,
+    WireError,
+};
+
+use crate::cache::Cache;
+use crate::disks::Disks;
+use crate::error::{io_error, RelayError};
+use crate::RelayOptions;
+
+const RECV_BUFFER_BYTES: usize = 256 << 10;
+/// Forwarded bytes queued for the target beyond which the forwarder pauses: bounds memory
+/// whatever the backlog, since the cache on disk holds the rest.
+const TARGET_QUEUE_BYTES_MAX: usize = 8 << 20;
+const FORWARD_READ_BYTES: usize = 4 << 20;
+const TICK_INTERVAL: Duration = Duration::from_millis(250);
+const TARGET_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+const KIND_ACCEPT: u64 = 1;
+const KIND_RECV: u64 = 2;
+const KIND_SEND: u64 = 3;
+const KIND_CACHE_WRITE: u64 = 4;
+const KIND_CACHE_SYNC: u64 = 5;
+const KIND_CACHE_READ: u64 = 6;
+const KIND_TICK: u64 = 7;
+const KIND_CONNECT: u64 = 8;
+
+fn tag(kind: u64, id: u64) -> u64 {
+    debug_assert!(id < 1 << 56);
+    (kind << 56) | id
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnRole {
+    New,
+    Agent,
+    Control,
+    Target { greeted: bool },
+}
+
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    peer: String,
+    role: ConnRole,
+    reader: FrameReader,
+    /// Bytes queued and not yet handed to the kernel.
+    outbox: Vec<u8>,
+    /// A send buffer back from the kernel, reused for the next send.
+    spare: Vec<u8>,
+    /// `Some` while no receive is in flight.
+    recv_buf: Option<Vec<u8>>,
+    send_in_flight: usize,
+    /// Agent's `disk_id` → index into `Disks`.
+    agent_disks: Vec<usize>,
+    closing: bool,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, role: ConnRole) -> Conn {
+        let peer = stream.peer_addr().map_or_else(|_| "?".into(), |addr| addr.to_string());
+        Conn {
+            stream,
+            peer,
+            role,
+            reader: FrameReader::new(),
+            outbox: Vec::new(),
+            spare: Vec::new(),
+            recv_buf: Some(Vec::with_capacity(RECV_BUFFER_BYTES)),
+            send_in_flight: 0,
+            agent_disks: Vec::new(),
+            closing: false,
+        }
+    }
+
+    fn push(&mut self, frame: &Frame<'_>) {
+        frame.encode(&mut self.outbox).expect("relay builds only frames within the limits");
+    }
+
+    fn idle(&self) -> bool {
+        self.recv_buf.is_some() && self.send_in_flight == 0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    #[error("{message}")]
+    Protocol { code: u16, message: String },
+}
+
+fn protocol(code: u16, message: String) -> ConnError {
+    ConnError::Protocol { code, message }
+}
+
+#[derive(Debug)]
+struct Flush {
+    seqs: HashMap<usize, u64>,
+    bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Forward {
+    segment: u64,
+    offset: u64,
+    read_in_flight: bool,
+    /// A record larger than a normal read was found: read at least this much next time.
+    want_bytes: usize,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct TargetLink {
+    conn: Option<u64>,
+    connecting: Option<OwnedFd>,
+    retry_at: Instant,
+    failures: u32,
+    /// Disks announced on the current link, with the identity announced.
+    attached: HashMap<usize, (wire::Generation, u64)>,
+}
+
+/// A bound relay with its cache recovered, ready to `serve`.
+#[derive(Debug)]
+pub struct Relay {
+    options: RelayOptions,
+    ring: Ring,
+    listener: TcpListener,
+    conns: HashMap<u64, Conn>,
+    next_conn_id: u64,
+    pub(crate) disks: Disks,
+    pub(crate) cache: Cache,
+    flush: Option<Flush>,
+    forward: Forward,
+    target: TargetLink,
+    record_scratch: Vec<u8>,
+    compress_scratch: Vec<u8>,
+    pub(crate) started: Instant,
+}
+
+impl Relay {
+    /// Probes io_uring, recovers the cache and binds the listener.
+    pub fn bind(options: RelayOptions) -> Result<Relay, RelayError> {
+        let ring = Ring::new(options.queue_depth)?;
+        let mut disks = Disks::default();
+        let cache = Cache::open(
+            &options.cache_dir,
+            options.segment_bytes,
+            options.cache_bytes_max,
+            &mut disks,
+        )?;
+        let listener = TcpListener::bind(options.listen)
+            .map_err(|source| RelayError::Listen { addr: options.listen, source })?;
+        let forward = Forward {
+            segment: cache.segments.front().map_or(0, |segment| segment.index),
+            ..Forward::default()
+        };
+        Ok(Relay {
+            options,
+            ring,
+            listener,
+            conns: HashMap::new(),
+            next_conn_id: 1,
+            disks,
+            cache,
+            flush: None,
+            forward,
+            target: TargetLink {
+                conn: None,
+                connecting: None,
+                retry_at: Instant::now(),
+                failures: 0,
+                attached: HashMap::new(),
+            },
+            record_scratch: Vec::new(),
+            compress_scratch: Vec::new(),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// Runs the event loop. Returns only on a fatal error (a failed cache write or fsync: the
+    /// relay stops rather than ack what it could not make durable).
+    pub fn serve(mut self) -> Result<(), RelayError> {
+        log::info!(
+            "listening on {} (cache {}, target {})",
+            self.local_addr(),
+            self.options.cache_dir.display(),
+            self.options.target
+        );
+        self.ring.submit(tag(KIND_ACCEPT, 0), Op::Accept { fd: self.listener.as_raw_fd() })?;
+        self.ring.submit(tag(KIND_TICK, 0), uring::timeout(TICK_INTERVAL))?;
+        self.connect_target()?;
+        let mut completions = Vec::with_capacity(256);
+        loop {
+            self.ring.complete(1, &mut completions)?;
+            for completion in completions.drain(..) {
+                self.on_completion(completion)?;
+            }
+            self.start_flush()?;
+            self.forward_more()?;
+            self.send_acks();
+            self.pump_conns()?;
+        }
+    }
+
+    fn on_completion(&mut self, completion: Completion) -> Result<(), RelayError> {
+        let id = completion.tag & ((1 << 56) - 1);
+        match completion.tag >> 56 {
+            KIND_ACCEPT => self.on_accept(&completion),
+            KIND_RECV => {
+                self.on_recv(id, completion);
+                Ok(())
+            }
+            KIND_SEND => self.on_send(id, completion),
+            KIND_CACHE_WRITE => self.on_cache_write(completion),
+            KIND_CACHE_SYNC => self.on_cache_sync(&completion),
+            KIND_CACHE_READ => self.on_cache_read(id, completion),
+            KIND_TICK => self.on_tick(),
+            KIND_CONNECT => self.on_connect(&completion),
+            other => unreachable!("unknown completion kind {other}"),
+        }
+    }
+
+    fn new_conn_id(&mut self) -> u64 {
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        id
+    }
+
+    fn on_accept(&mut self, completion: &Completion) -> Result<(), RelayError> {
+        self.ring.submit(tag(KIND_ACCEPT, 0), Op::Accept { fd: self.listener.as_raw_fd() })?;
+        let stream = match uring::accepted_stream(completion.result) {
+            Ok(stream) => stream,
+            Err(error) => {
+                log::warn!("accept failed: {error}");
+                return Ok(());
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let id = self.new_conn_id();
+        let mut conn = Conn::new(stream, ConnRole::New);
+        log::debug!("connection {id} from {}", conn.peer);
+        let peers = self
+            .conns
+            .values()
+            .filter(|conn| conn.role != (ConnRole::Target { greeted: true }))
+            .count();
+        if peers >= self.options.agents_max {
+            let message = format!("relay serves at most {} connections", self.options.agents_max);
+            log::warn!("connection {id} from {}: refused: {message}", conn.peer);
+            conn.push(&Frame::Error { code: error_code::LIMIT, message: &message });
+            conn.closing = true;
+        }
+        self.conns.insert(id, conn);
+        Ok(())
+    }
+
+    fn on_recv(&mut self, id: u64, completion: Completion) {
+        let Op::Recv { buf, .. } = completion.op else { unreachable!("recv tag on another op") };
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if completion.result <= 0 {
+            if completion.result < 0 && !conn.closing {
+                log::debug!(
+                    "connection {id} from {}: receive failed: {}",
+                    conn.peer,
+                    std::io::Error::from_raw_os_error(-completion.result)
+                );
+            }
+            conn.closing = true;
+            conn.recv_buf = Some(buf);
+            return;
+        }
+        conn.reader.feed(&buf);
+        let mut buf = buf;
+        buf.clear();
+        conn.recv_buf = Some(buf);
+        self.process_frames(id);
+    }
+
+    fn process_frames(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let mut reader = std::mem::take(&mut conn.reader);
+        let result = loop {
+            match reader.peek() {
+                Ok(None) => break Ok(()),
+                Ok(Some((raw, used))) => {
+                    let result = self.on_frame(id, raw);
+                    reader.consume(used);
+                    if result.is_err() || self.conns.get(&id).is_none_or(|conn| conn.closing) {
+                        break result;
+                    }
+                }
+                Err(error) => break Err(ConnError::Wire(error)),
+            }
+        };
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        conn.reader = reader;
+        if let Err(error) = result {
+            self.fail_conn(id, &error);
+        }
+    }
+
+    /// Logs why a connection is closed, tells the peer, and closes it once that is sent.
+    fn fail_conn(&mut self, id: u64, error: &ConnError) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let code = match error {
+            ConnError::Protocol { code, .. } => *code,
+            ConnError::Wire(_) => error_code::PROTOCOL,
+        };
+        let what =
+            if matches!(conn.role, ConnRole::Target { .. }) { "target link" } else { "connection" };
+        log::error!("{what} {id} from {}: {error}", conn.peer);
+        let mut message = error.to_string();
+        message.truncate(wire::limits::TEXT_BYTES_MAX);
+        conn.reader = FrameReader::new();
+        conn.push(&Frame::Error { code, message: &message });
+        conn.closing = true;
+    }
+
+    fn on_frame(&mut self, id: u64, raw: RawFrame<'_>) -> Result<(), ConnError> {
+        let role = self.conns[&id].role;
+        let frame = raw.decode()?;
+        match (role, frame) {
+            (ConnRole::New, Frame::Hello(hello)) => self.on_hello(id, &hello),
+            (ConnRole::New, other) => Err(protocol(
+                error_code::PROTOCOL,
+                format!("expected Hello, got {}", other.frame_type().name()),
+            )),
+            (ConnRole::Agent, Frame::Writes(writes)) => self.on_writes(id, &writes, raw.body),
+            (ConnRole::Agent, Frame::Marker(marker)) => {
+                let disk = self.agent_disk(id, marker.disk_id)?;
+                self.stage_sequenced(disk, marker.seq, FrameType::Marker, raw.body)
+            }
+            (ConnRole::Agent, Frame::ChecksumRequest(request)) => {
+                let disk = self.agent_disk(id, request.disk_id)?;
+                self.stage_record(disk, None, FrameType::ChecksumRequest, raw.body)
+            }
+            (ConnRole::Agent, Frame::DiskState(state)) => {
+                let disk = self.agent_disk(id, state.disk_id)?;
+                self.disks.list[disk].reported_state =
+                    Some((state.state, state.done_bytes, state.total_bytes));
+                Ok(())
+            }
+            (ConnRole::Agent | ConnRole::Control, Frame::StatusRequest) => {
+                let json = crate::status::status_json(self);
+                self.conns
+                    .get_mut(&id)
+                    .expect("live connection")
+                    .push(&Frame::Status { json: &json });
+                Ok(())
+            }
+            (_, Frame::Heartbeat { .. }) => Ok(()),
+            (ConnRole::Target { .. }, frame) => {
+                self.on_target_frame(id, frame);
+                Ok(())
+            }
+            (_, Frame::Error { code, message }) => {
+                log::warn!("connection {id} reported error {code}: {message}");
+                Ok(())
+            }
+            (_, other) => Err(protocol(
+                error_code::PROTOCOL,
+                format!("unexpected {} frame", other.frame_type().name()),
+            )),
+        }
+    }
+
+    fn on_hello(&mut self, id: u64, hello: &wire::Hello<'_>) -> Result<(), ConnError> {
+        wire::negotiate_version(hello.version_min, hello.version_max)?;
+        let role = match hello.role {
+            Role::Agent => ConnRole::Agent,
+            Role::Control => ConnRole::Control,
+            other => {
+                return Err(protocol(
+                    error_code::PROTOCOL,
+                    format!("a {other:?} cannot connect to a relay"),
+                ))
+            }
+        };
+        let mut agent_disks = Vec::with_capacity(hello.disks.len());
+        for (local, info) in hello.disks.iter().enumerate() {
+            agent_disks.push(self.register_disk(id, local as u32, info)?);
+        }
+        let acks: Vec<AckEntry> = agent_disks
+            .iter()
+            .enumerate()
+            .map(|(local, &disk)| AckEntry {
+                disk_id: local as u32,
+                durable_seq: self.disks.list[disk].cache_seq,
+                replicated_seq: self.disks.list[disk].replicated_seq,
+            })
+            .collect();
+        if role == ConnRole::Agent {
+            log::info!(
+                "agent {} ({}) connected with {} disk(s)",
+                hello.node_id,
+                self.conns[&id].peer,
+                agent_disks.len()
+            );
+        }
+        let conn = self.conns.get_mut(&id).expect("live connection");
+        conn.role = role;
+        conn.agent_disks = agent_disks;
+        conn.push(&Frame::Hello(wire::Hello {
+            version_min: wire::PROTOCOL_VERSION_MIN,
+            version_max: wire::PROTOCOL_VERSION_MAX,
+            role: Role::Relay,
+            product_version: env!("CARGO_PKG_VERSION"),
+            site_id: "",
+            node_id: "relay",
+            disks: Vec::new(),
+        }));
+        conn.push(&Frame::Ack(acks));
+        Ok(())
+    }
+
+    fn register_disk(
+        &mut self,
+        conn_id: u64,
+        local: u32,
+        info: &DiskInfo<'_>,
+    ) -> Result<usize, ConnError> {
+        if let Err(reason) = check_disk_name(info.name) {
+            return Err(protocol(
+                error_code::PROTOCOL,
+                format!("disk name {:?}: {reason}", info.name),
+            ));
+        }
+        let disk = match self.disks.find(info.name) {
+            Some(disk) => disk,
+            None if self.disks.list.len() >= self.options.disks_max => {
+                return Err(protocol(
+                    error_code::LIMIT,
+                    format!("relay serves at most {} disks", self.options.disks_max),
+                ));
+            }
+            None => self.disks.insert(info.name, info.generation, info.size_bytes, 0),
+        };
+        let entry = &mut self.disks.list[disk];
+        if entry.generation != info.generation {
+            return Err(protocol(
+                error_code::GENERATION,
+                format!(
+                    "disk {}: agent generation {} differs from generation {} replicated through this relay; refusing to mix histories",
+                    info.name,
+                    wire::generation_to_hex(&info.generation),
+                    wire::generation_to_hex(&entry.generation)
+                ),
+            ));
+        }
+        if entry.size_bytes != info.size_bytes {
+            log::warn!(
+                "disk {}: size changes from {} to {} bytes",
+                info.name,
+                entry.size_bytes,
+                info.size_bytes
+            );
+            entry.size_bytes = info.size_bytes;
+        }
+        if let Some((previous, _)) = entry.agent.replace((conn_id, local)) {
+            if previous != conn_id {
+                log::info!(
+                    "disk {}: connection {conn_id} takes over from connection {previous}",
+                    info.name
+                );
+            }
+        }
+        Ok(disk)
+    }
+
+    fn agent_disk(&self, conn_id: u64, disk_id: u32) -> Result<usize, ConnError> {
+        let conn = &self.conns[&conn_id];
+        let Some(&disk) = conn.agent_disks.get(disk_id as usize) else {
+            return Err(protocol(
+                error_code::UNKNOWN_DISK,
+                format!("disk id {disk_id} was not announced in Hello"),
+            ));
+        };
+        if self.disks.list[disk].agent != Some((conn_id, disk_id)) {
+            return Err(protocol(
+                error_code::PROTOCOL,
+                format!(
+                    "disk {} is now replicated by another connection",
+                    self.disks.list[disk].name
+                ),
+            ));
+        }
+        Ok(disk)
+    }
+
+    fn on_writes(
+        &mut self,
+        conn_id: u64,
+        writes: &wire::Writes<'_>,
+        body: &[u8],
+    ) -> Result<(), ConnError> {
+        let disk = self.agent_disk(conn_id, writes.disk_id)?;
+        let size_bytes = self.disks.list[disk].size_bytes;
+        for extent in &writes.extents {
+            let end = extent.offset + u64::from(extent.len);
+            if end > size_bytes {
+                return Err(protocol(
+                    error_code::LIMIT,
+                    format!(
+                        "disk {}: write ends at byte {end}, past the disk size {size_bytes}",
+                        self.disks.list[disk].name
+                    ),
+                ));
+            }
+        }
+        if !self.check_sequence(disk, writes.seq)? {
+            return Ok(());
+        }
+        let level = self.options.compression_level;
+        let Relay { disks, cache, record_scratch, compress_scratch, .. } = self;
+        let entry = &mut disks.list[disk];
+        let info = DiskInfo {
+            name: &entry.name,
+            generation: entry.generation,
+            size_bytes: entry.size_bytes,
+        };
+        record_scratch.clear();
+        wire::encode_stored(&info, &[], record_scratch)?;
+        let stored_payload = match writes.compression {
+            Compression::Zstd => {
+                // Verify now: a batch that does not decompress would poison the cache.
+                wire::writes_data(writes, compress_scratch)?;
+                record_scratch.extend_from_slice(body);
+                writes.payload.len()
+            }
+            Compression::None
+                if writes.data_len > 0
+                    && wire::compress_batch(level, writes.payload, compress_scratch) =>
+            {
+                let compressed = wire::Writes {
+                    compression: Compression::Zstd,
+                    payload: compress_scratch,
+                    ..writes.clone()
+                };
+                Frame::Writes(compressed).encode_body_only(record_scratch)?;
+                compress_scratch.len()
+            }
+            Compression::None => {
+                record_scratch.extend_from_slice(body);
+                writes.payload.len()
+            }
+        };
+        entry.bytes_received += u64::from(writes.data_len);
+        entry.bytes_stored += stored_payload as u64;
+        entry.received_seq = writes.seq;
+        cache
+            .stage(disk, Some(writes.seq), FrameType::Writes as u8, record_scratch)
+            .map_err(|error| protocol(error_code::INTERNAL, error.to_string()))
+    }
+
+    /// `Ok(false)` for a duplicate (a retransmission of something already received).
+    fn check_sequence(&self, disk: usize, seq: u64) -> Result<bool, ConnError> {
+        let entry = &self.disks.list[disk];
+        if seq <= entry.received_seq {
+            return Ok(false);
+        }
+        if seq != entry.received_seq + 1 {
+            return Err(protocol(
+                error_code::SEQUENCE,
+                format!(
+                    "disk {}: sequence gap, expected {}, got {seq}",
+                    entry.name,
+                    entry.received_seq + 1
+                ),
+            ));
+        }
+        Ok(true)
+    }
+
+    fn stage_sequenced(
+        &mut self,
+        disk: usize,
+        seq: u64,
+        frame_type: FrameType,
+        body: &[u8],
+    ) -> Result<(), ConnError> {
+        if !self.check_sequence(disk, seq)? {
+            return Ok(());
+        }
+        self.disks.list[disk].received_seq = seq;
+        self.stage_record(disk, Some(seq), frame_type, body)
+    }
+
+    fn stage_record(
+        &mut self,
+        disk: usize,
+        seq: Option<u64>,
+        frame_type: FrameType,
+        body: &[u8],
+    ) -> Result<(), ConnError> {
+        let entry = &self.disks.list[disk];
+        let info = DiskInfo {
+            name: &entry.name,
+            generation: entry.generation,
+            size_bytes: entry.size_bytes,
+        };
+        self.record_scratch.clear();
+        wire::encode_stored(&info, body, &mut self.record_scratch)?;
+        self.cache
+            .stage(disk, seq, frame_type as u8, &self.record_scratch)
+            .map_err(|error| protocol(error_code::INTERNAL, error.to_string()))
+    }
+
+    /// Group commit: everything staged since the last commit goes in one write and one
+    /// fdatasync. Acks wait for the fdatasync.
+    fn start_flush(&mut self) -> Result<(), RelayError> {
+        if self.flush.is_some() || self.cache.pending.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.cache.pending);
+        let seqs = std::mem::take(&mut self.cache.pending_seqs);
+        let active = self.cache.active();
+        for (&disk, &seq) in &seqs {
+            let slot = active.max_seq.entry(disk).or_insert(0);
+            *slot = (*slot).max(seq);
+        }
+        let offset = active.len;
+        active.len += buf.len() as u64;
+        let fd = active.file.as_raw_fd();
+        self.flush = Some(Flush { seqs, bytes: buf.len() as u64 });
+        self.ring.submit(tag(KIND_CACHE_WRITE, 0), Op::Write { fd, buf, start: 0, offset })?;
+        Ok(())
+    }
+
+    fn on_cache_write(&mut self, completion: Completion) -> Result<(), RelayError> {
+        let Op::Write { fd, buf, start, offset } = completion.op else {
+            unreachable!("write tag on another op")
+        };
+        let path =
+            self.cache.segment_path(self.cache.segments.back().expect("active segment").index);
+        let written = usize::try_from(completion.result).map_err(|_| RelayError::CacheWrite {
+            path: path.clone(),
+            source: std::io::Error::from_raw_os_error(-completion.result),
+        })?;
+        if written == 0 {
+            return Err(RelayError::CacheWrite {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::WriteZero, "wrote 0 bytes"),
+            });
+        }
+        if start + written < buf.len() {
+            let op = Op::Write { fd, buf, start: start + written, offset: offset + written as u64 };
+            self.ring.submit(tag(KIND_CACHE_WRITE, 0), op)?;
+            return Ok(());
+        }
+        // Keep the buffer's capacity for the next group.
+        let mut buf = buf;
+        buf.clear();
+        if self.cache.pending.is_empty() && self.cache.pending.capacity() < buf.capacity() {
+            self.cache.pending = buf;
+        }
+        self.ring.submit(tag(KIND_CACHE_SYNC, 0), Op::Fsync { fd, data_only: true })?;
+        Ok(())
+    }
+
+    fn on_cache_sync(&mut self, completion: &Completion) -> Result<(), RelayError> {
+        let active = self.cache.segments.back().expect("active segment").index;
+        if let Err(source) = completion.io_result() {
+            return Err(RelayError::CacheWrite { path: self.cache.segment_path(active), source });
+        }
+        let flush = self.flush.take().expect("a sync completes a flush");
+        let segment = self.cache.active();
+        segment.durable_len += flush.bytes;
+        assert!(segment.durable_len <= segment.len, "durable bytes never exceed written bytes");
+        for (disk, seq) in flush.seqs {
+            let entry = &mut self.disks.list[disk];
+            assert!(seq > entry.cache_seq || seq == 0, "cache sequence only grows");
+            entry.cache_seq = seq;
+            entry.ack_due = true;
+        }
+        self.cache.rotate_if_full()
+    }
+
+    fn send_acks(&mut self) {
+        let mut per_conn: HashMap<u64, Vec<AckEntry>> = HashMap::new();
+        for disk in self.disks.list.iter_mut().filter(|disk| disk.ack_due) {
+            disk.ack_due = false;
+            if let Some((conn, disk_id)) = disk.agent {
+                per_conn.entry(conn).or_default().push(AckEntry {
+                    disk_id,
+                    durable_seq: disk.cache_seq,
+                    replicated_seq: disk.replicated_seq,
+                });
+            }
+        }
+        for (conn_id, entries) in per_conn {
+            if let Some(conn) = self.conns.get_mut(&conn_id).filter(|conn| !conn.closing) {
+                conn.push(&Frame::Ack(entries));
+            }
+        }
+    }
+
+    fn forward_more(&mut self) -> Result<(), RelayError> {
+        let Some(link_id) = self.target.conn else { return Ok(()) };
+        let Some(link) = self.conns.get(&link_id) else { return Ok(()) };
+        if link.role != (ConnRole::Target { greeted: true })
+            || link.closing
+            || self.forward.read_in_flight
+        {
+            return Ok(());
+        }
+        if link.outbox.len() + link.send_in_flight >= TARGET_QUEUE_BYTES_MAX {
+            return Ok(());
+        }
+        loop {
+            let Some(segment) =
+                self.cache.segments.iter().find(|segment| segment.index >= self.forward.segment)
+            else {
+                return Ok(());
+            };
+            if segment.index != self.forward.segment {
+                self.forward.segment = segment.index;
+                self.forward.offset = 0;
+            }
+            if self.forward.offset < segment.durable_len {
+                let len = (segment.durable_len - self.forward.offset)
+                    .min(FORWARD_READ_BYTES.max(self.forward.want_bytes) as u64);
+                let mut buf = std::mem::take(&mut self.forward.buf);
+                buf.resize(len as usize, 0);
+                let op =
+                    Op::Read { fd: segment.file.as_raw_fd(), buf, offset: self.forward.offset };
+                self.ring.submit(tag(KIND_CACHE_READ, link_id), op)?;
+                self.forward.read_in_flight = true;
+                return Ok(());
+            }
+            let is_active =
+                self.cache.segments.back().is_some_and(|last| last.index == segment.index);
+            if is_active {
+                return Ok(());
+            }
+            self.forward.segment += 1;
+            self.forward.offset = 0;
+        }
+    }
+
+    fn on_cache_read(&mut self, link_id: u64, completion: Completion) -> Result<(), RelayError> {
+        self.forward.read_in_flight = false;
+        let result = completion.io_result();
+        let Op::Read { buf, offset, .. } = completion.op else {
+            unreachable!("read tag on another op")
+        };
+        let path = self.cache.segment_path(self.forward.segment);
+        let read = result.map_err(io_error("read", &path))?;
+        let stale = self.target.conn != Some(link_id) || offset != self.forward.offset;
+        if !stale {
+            let consumed = self.forward_records(link_id, &buf[..read], offset, &path)?;
+            self.forward.offset += consumed as u64;
+        }
+        self.forward.buf = buf;
+        Ok(())
+    }
+
+    /// Forwards every whole record in `bytes`; returns the bytes consumed.
+    fn forward_records(
+        &mut self,
+        link_id: u64,
+        bytes: &[u8],
+        offset: u64,
+        path: &std::path::Path,
+    ) -> Result<usize, RelayError> {
+        let mut consumed = 0;
+        loop {
+            match journal::decode_record(&bytes[consumed..], offset + consumed as u64) {
+                Ok(Some((record, used))) => {
+                    self.forward_record(link_id, record, path, offset + consumed as u64)?;
+                    consumed += used;
+                    self.forward.want_bytes = 0;
+                }
+                Ok(None) => {
+                    if consumed == 0 {
+                        let rest = &bytes[consumed..];
+                        let body_len = rest.get(8..12).map_or(0, |len| {
+                            u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize
+                        });
+                        self.forward.want_bytes = journal::encoded_len(body_len);
+                    }
+                    return Ok(consumed);
+                }
+                Err(source) => {
+                    return Err(RelayError::Journal { path: path.to_path_buf(), source })
+                }
+            }
+        }
+    }
+
+    fn forward_record(
+        &mut self,
+        link_id: u64,
+        record: journal::RecordRef<'_>,
+        path: &std::path::Path,
+        offset: u64,
+    ) -> Result<(), RelayError> {
+        let record_error = |source| RelayError::Record { path: path.to_path_buf(), offset, source };
+        let frame_type = FrameType::from_u8(record.kind).map_err(record_error)?;
+        let (info, body) = wire::decode_stored(record.body).map_err(record_error)?;
+        let disk = self.disks.insert(info.name, info.generation, info.size_bytes, 0);
+        if matches!(frame_type, FrameType::Writes | FrameType::Marker) {
+            let (_, seq) = wire::disk_scoped_prefix(body).map_err(record_error)?;
+            if seq <= self.disks.list[disk].replicated_seq {
+                return Ok(());
+            }
+        }
+        let link = self.conns.get_mut(&link_id).expect("forwarding needs a live link");
+        let identity = (info.generation, info.size_bytes);
+        if self.target.attached.get(&disk) != Some(&identity) {
+            link.push(&Frame::DiskAttach { disk_id: disk as u32, disk: info });
+            self.target.attached.insert(disk, identity);
+        }
+        wire::encode_raw_frame(frame_type, Some(disk as u32), body, &mut link.outbox)
+            .map_err(record_error)?;
+        self.disks.list[disk].bytes_forwarded += body.len() as u64;
+        Ok(())
+    }
+
+    fn on_target_frame(&mut self, link_id: u64, frame: Frame<'_>) {
+        match frame {
+            Frame::Hello(hello) => {
+                if let Err(error) = wire::negotiate_version(hello.version_min, hello.version_max) {
+                    self.fail_conn(link_id, &ConnError::Wire(error));
+                    return;
+                }
+                log::info!(
+                    "connected to target {} (version {})",
+                    self.options.target,
+                    hello.product_version
+                );
+                self.target.failures = 0;
+                if let Some(conn) = self.conns.get_mut(&link_id) {
+                    conn.role = ConnRole::Target { greeted: true };
+                }
+            }
+            Frame::Ack(entries) => {
+                for entry in entries {
+                    let Some(disk) = self.disks.list.get_mut(entry.disk_id as usize) else {
+                        continue;
+                    };
+                    if entry.durable_seq > disk.replicated_seq {
+                        disk.replicated_seq =
+                            entry.durable_seq.min(disk.cache_seq.max(disk.replicated_seq));
+                        disk.ack_due = true;
+                    }
+                }
+                self.free_segments();
+            }
+            Frame::Checksums(sums) => {
+                let Some(disk) = self.disks.list.get(sums.disk_id as usize) else { return };
+                let Some((conn_id, disk_id)) = disk.agent else { return };
+                if let Some(conn) = self.conns.get_mut(&conn_id).filter(|conn| !conn.closing) {
+                    conn.push(&Frame::Checksums(wire::Checksums { disk_id, ..sums }));
+                }
+            }
+            Frame::Error { code, message } => {
+                log::error!("target reported error {code}: {message}")
+            }
+            other => {
+                let error = protocol(
+                    error_code::PROTOCOL,
+                    format!("unexpected {} frame from target", other.frame_type().name()),
+                );
+                self.fail_conn(link_id, &error);
+            }
+        }
+    }
+
+    fn free_segments(&mut self) {
+        match self.cache.free_replicated(&self.disks, self.forward.segment) {
+            Ok(0) => {}
+            Ok(bytes) => log::debug!("freed {bytes} bytes of cache"),
+            Err(error) => log::error!("cannot free cache segments: {error}"),
+        }
+    }
+
+    fn on_tick(&mut self) -> Result<(), RelayError> {
+        self.ring.submit(tag(KIND_TICK, 0), uring::timeout(TICK_INTERVAL))?;
+        if self.target.conn.is_none()
+            && self.target.connecting.is_none()
+            && Instant::now() >= self.target.retry_at
+        {
+            self.connect_target()?;
+        }
+        Ok(())
+    }
+
+    fn connect_target(&mut self) -> Result<(), RelayError> {
+        let addr = self.options.target;
+        let socket = uring::tcp_socket(&addr)
+            .map_err(io_error("create a socket for", std::path::Path::new("target")))?;
+        let fd = socket.as_raw_fd();
+        self.target.connecting = Some(socket);
+        self.ring
+            .submit(tag(KIND_CONNECT, 0), Op::Connect { fd, addr: uring::SockAddr::new(addr) })?;
+        Ok(())
+    }
+
+    fn on_connect(&mut self, completion: &Completion) -> Result<(), RelayError> {
+        let socket =
+            self.target.connecting.take().expect("a connect completes a connecting socket");
+        if let Err(error) = completion.io_result() {
+            self.target.failures += 1;
+            if self.target.failures == 1 || self.target.failures.is_multiple_of(30) {
+                log::warn!(
+                    "target {} unreachable: {error}; retrying every {} s",
+                    self.options.target,
+                    TARGET_RETRY_INTERVAL.as_secs()
+                );
+            }
+            self.target.retry_at = Instant::now() + TARGET_RETRY_INTERVAL;
+            return Ok(());
+        }
+        let stream = TcpStream::from(socket);
+        let _ = stream.set_nodelay(true);
+        let id = self.new_conn_id();
+        let mut conn = Conn::new(stream, ConnRole::Target { greeted: false });
+        conn.push(&Frame::Hello(wire::Hello {
+            version_min: wire::PROTOCOL_VERSION_MIN,
+            version_max: wire::PROTOCOL_VERSION_MAX,
+            role: Role::Relay,
+            product_version: env!("CARGO_PKG_VERSION"),
+            site_id: "",
+            node_id: "relay",
+            disks: Vec::new(),
+        }));
+        self.conns.insert(id, conn);
+        self.target.conn = Some(id);
+        self.target.attached.clear();
+        // Resend everything still cached; the target drops what it already holds.
+        self.forward.segment = self.cache.segments.front().map_or(0, |segment| segment.index);
+        self.forward.offset = 0;
+        self.forward.want_bytes = 0;
+        Ok(())
+    }
+
+    fn on_send(&mut self, id: u64, completion: Completion) -> Result<(), RelayError> {
+        let result = completion.io_result();
+        let Op::Send { fd, buf, start } = completion.op else {
+            unreachable!("send tag on another op")
+        };
+        let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
+        match result {
+            Ok(sent) if sent > 0 && start + sent < buf.len() => {
+                conn.send_in_flight = buf.len() - start - sent;
+                self.ring.submit(tag(KIND_SEND, id), Op::Send { fd, buf, start: start + sent })?;
+            }
+            Ok(sent) if sent > 0 => {
+                conn.send_in_flight = 0;
+                let mut buf = buf;
+                buf.clear();
+                conn.spare = buf;
+            }
+            result => {
+                if !conn.closing {
+                    log::debug!("connection {id} from {}: send failed: {result:?}", conn.peer);
+                }
+                conn.send_in_flight = 0;
+                conn.outbox.clear();
+                conn.closing = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Arms receives and sends, applies backpressure, and retires closed connections.
+    fn pump_conns(&mut self) -> Result<(), RelayError> {
+        let throttled = self.cache.pending.len() >= self.options.group_commit_bytes_max
+            || self.cache.bytes_used() >= self.cache.bytes_max;
+        let mut retired = Vec::new();
+        for (&id, conn) in self.conns.iter_mut() {
+            if conn.send_in_flight == 0 && !conn.outbox.is_empty() {
+                let buf = std::mem::replace(&mut conn.outbox, std::mem::take(&mut conn.spare));
+                conn.send_in_flight = buf.len();
+                self.ring.submit(
+                    tag(KIND_SEND, id),
+                    Op::Send { fd: conn.stream.as_raw_fd(), buf, start: 0 },
+                )?;
+            }
+            if conn.closing {
+                if conn.send_in_flight == 0 {
+                    // Wakes an in-flight receive so the connection can be retired.
+                    let _ = conn.stream.shutdown(Shutdown::Both);
+                    if conn.idle() {
+                        retired.push(id);
+                    }
+                }
+                continue;
+            }
+            let paused = conn.role == ConnRole::Agent && throttled;
+            if !paused {
+                if let Some(buf) = conn.recv_buf.take() {
+                    self.ring.submit(
+                        tag(KIND_RECV, id),
+                        Op::Recv { fd: conn.stream.as_raw_fd(), buf },
+                    )?;
+                }
+            }
+        }
+        for id in retired {
+            self.retire(id);
+        }
+        Ok(())
+    }
+
+    fn retire(&mut self, id: u64) {
+        let conn = self.conns.remove(&id).expect("retiring a live connection");
+        for disk in self.disks.list.iter_mut() {
+            if disk.agent.is_some_and(|(owner, _)| owner == id) {
+                disk.agent = None;
+            }
+        }
+        if self.target.conn == Some(id) {
+            log::warn!("target link {} closed; reconnecting", conn.peer);
+            self.target.conn = None;
+            self.target.retry_at = Instant::now() + TARGET_RETRY_INTERVAL;
+        } else {
+            log::debug!("connection {id} from {} closed", conn.peer);
+        }
+    }
+}
+
+fn check_disk_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.starts_with('.') {
+        return Err("must not be empty or start with '.'");
+    }
+    if !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+    {
+        return Err("may only use A-Z, a-z, 0-9, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+impl Relay {
+    pub(crate) fn target_address(&self) -> std::net::SocketAddr {
+        self.options.target
+    }
+
+    pub(crate) fn target_connected(&self) -> bool {
+        self.target.conn.is_some_and(|id| {
+            self.conns.get(&id).is_some_and(|conn| conn.role == ConnRole::Target { greeted: true })
+        })
+    }
+}

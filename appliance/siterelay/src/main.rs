@@ -1,0 +1,62 @@
+//! `siterelay`: one binary for every role and tool of the appliance (design.md §1, §8).
+
+mod args;
+mod logger;
+mod quickstart;
+mod roles;
+mod status;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+siterelay — disaster-recovery replication appliance
+
+usage:
+  siterelay quickstart [--dir DIR] [--size BYTES]
+      Protect a sample disk end to end on loopback (all roles in one process) and verify it.
+  siterelay target --listen ADDR --data-dir DIR [--config FILE]
+      Recovery-site role: journal and replica disks (DIR/replicas/NAME.img).
+  siterelay relay --listen ADDR --target ADDR --cache-dir DIR [--config FILE]
+      Process server: durable cache, compression, forwarding to the target.
+  siterelay agent --relay ADDR --disk NAME=PATH [--disk ...] [--state-dir DIR] [--once]
+                  [--reconnect-timeout SECS] [--config FILE]
+      Protect raw images or block devices: full sync first, checksum resync afterwards.
+  siterelay status --connect ADDR [--json]
+      Per-disk state, backlog and cache use of a relay or target.
+  siterelay config check FILE
+      Validate a configuration file (unknown keys and bad values with line and column).
+  siterelay --version | --help
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(command) = args.first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest = &args[1..];
+    let result = match command.as_str() {
+        "quickstart" => quickstart::run(rest),
+        "target" => roles::target(rest),
+        "relay" => roles::relay(rest),
+        "agent" => roles::agent(rest),
+        "status" => status::run(rest),
+        "config" => roles::config(rest),
+        "--version" | "version" => {
+            println!("siterelay {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        "--help" | "-h" | "help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("siterelay: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! `siterelay quickstart`: the whole data path on one machine. Makes a sample disk, runs a
+//! target, a relay and an agent on loopback (in this process, on the embedded default
+//! configuration), replicates, verifies the replica byte for byte, changes the sample, resyncs,
+//! and verifies again.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::args::Args;
+
+const DEFAULT_SIZE_BYTES: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+pub(crate) fn run(rest: &[String]) -> Result<(), String> {
+    let args = Args::parse("quickstart", rest, &[("dir", true), ("size", true)])?;
+    let config = config::Config::default();
+    crate::logger::init(log::LevelFilter::Warn);
+    let size = match args.value("size") {
+        Some(text) => config::parse_byte_size(text).map_err(|error| format!("--size: {error}"))?,
+        None => DEFAULT_SIZE_BYTES,
+    };
+    if size < 64 * MIB {
+        return Err("--size must be at least 64 MiB".into());
+    }
+    let dir = match args.value("dir") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::temp_dir().join(format!("siterelay-quickstart-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+    println!("siterelay quickstart in {}", dir.display());
+
+    let sample = dir.join("sample-disk.img");
+    step(
+        "1/5",
+        &format!(
+            "creating a {} sample disk (ext4 with files, text, zeros, random data)",
+            config::format_byte_size(size)
+        ),
+    );
+    let has_ext4 = make_sample(&dir, &sample, size)?;
+
+    step("2/5", "starting target and relay on loopback");
+    let target_options = target::TargetOptions {
+        listen: "127.0.0.1:0".parse().expect("literal"),
+        data_dir: dir.join("target"),
+    };
+    let target = target::Target::bind(&target_options).map_err(|error| error.to_string())?;
+    let target_addr = target.local_addr();
+    std::thread::spawn(move || target.serve());
+    let mut relay_options = crate::roles::relay_options(&config.relay);
+    relay_options.listen = "127.0.0.1:0".parse().expect("literal");
+    relay_options.target = target_addr;
+    relay_options.cache_dir = dir.join("relay-cache");
+    let relay = relay::Relay::bind(relay_options).map_err(|error| error.to_string())?;
+    let relay_addr = relay.local_addr();
+    std::thread::spawn(move || {
+        if let Err(error) = relay.serve() {
+            log::error!("relay stopped: {error}");
+        }
+    });
+    println!(
+        "      target {target_addr} (data in {}), relay {relay_addr} (cache in {})",
+        dir.join("target").display(),
+        dir.join("relay-cache").display()
+    );
+
+    let mut agent_config = config.agent.clone();
+    agent_config.relay = relay_addr;
+    agent_config.state_dir = dir.join("agent-state");
+    agent_config.disks = vec![config::DiskConfig { name: "sample".into(), path: sample.clone() }];
+    let options = crate::roles::agent_options(&agent_config, true);
+    let replica = target::replica_path(&dir.join("target"), "sample");
+
+    step("3/5", "initial sync agent -> relay -> target");
+    let started = Instant::now();
+    let reports = agent::sync_once(&options).map_err(|error| error.to_string())?;
+    let seconds = started.elapsed().as_secs_f64();
+    crate::roles::print_report(&reports[0]);
+    let status: serde_json::Value = serde_json::from_str(&crate::status::fetch(relay_addr)?)
+        .map_err(|error| error.to_string())?;
+    let disk = &status["disks"][0];
+    let received = disk["bytes_received"].as_u64().unwrap_or(0);
+    let stored = disk["bytes_stored"].as_u64().unwrap_or(0).max(1);
+    println!(
+        "      {:.0} MB/s end to end ({:.2} s); {} MiB of data compressed to {} MiB (ratio {:.2}); {} MiB of zero blocks sent as extents",
+        size as f64 / seconds / 1e6,
+        seconds,
+        received / MIB,
+        stored / MIB,
+        received as f64 / stored as f64,
+        reports[0].zero_bytes / MIB
+    );
+    verify(&sample, &replica)?;
+
+    step("4/5", "changing 3 regions of the sample disk and resyncing (checksums, only differing blocks move)");
+    change_sample(&sample, size)?;
+    let reports = agent::sync_once(&options).map_err(|error| error.to_string())?;
+    crate::roles::print_report(&reports[0]);
+    verify(&sample, &replica)?;
+
+    step("5/5", "done");
+    println!("      source:  {}", sample.display());
+    println!("      replica: {}", replica.display());
+    if has_ext4 {
+        println!(
+            "      check it yourself: cmp {} {} && e2fsck -fn {}",
+            sample.display(),
+            replica.display(),
+            replica.display()
+        );
+    } else {
+        println!("      check it yourself: cmp {} {}", sample.display(), replica.display());
+    }
+    println!("      remove the files with: rm -r {}", dir.display());
+    Ok(())
+}
+
+fn step(number: &str, text: &str) {
+    println!("[{number}] {text}");
+}
+
+/// A deterministic xorshift stream: quick, incompressible enough, reproducible.
+struct Noise(u64);
+
+impl Noise {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            let bytes = self.0.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
+
+/// Layout: a quarter ext4 (when mkfs.ext4 exists), then compressible text, zeros, random.
+fn make_sample(dir: &Path, sample: &Path, size: u64) -> Result<bool, String> {
+    let fail = |error: std::io::Error| format!("{}: {error}", sample.display());
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(sample)
+        .map_err(fail)?;
+    file.set_len(size).map_err(fail)?;
+    let quarter = size / 4 / MIB * MIB;
+    let has_ext4 = make_ext4(dir, &file, quarter)?;
+    let mut chunk = vec![0u8; 4 << 20];
+    let mut line = 0u64;
+    let mut offset = quarter;
+    while offset < 2 * quarter {
+        let mut text = String::with_capacity(chunk.len() + 200);
+        while text.len() < chunk.len() {
+            line += 1;
+            text += &format!("2026-11-28T12:{:02}:{:02}Z relay[{}]: disk sample block {} replicated, backlog {} frames\n", line / 60 % 60, line % 60, line % 7, line * 16, line % 13);
+        }
+        let len = chunk.len().min((2 * quarter - offset) as usize);
+        file.write_all_at(&text.as_bytes()[..len], offset).map_err(fail)?;
+        offset += len as u64;
+    }
+    // Zeros from 2*quarter to 3*quarter are already there (sparse).
+    let mut noise = Noise(0x5EED_5EED_1234_5678);
+    offset = 3 * quarter;
+    while offset < size {
+        let len = chunk.len().min((size - offset) as usize);
+        noise.fill(&mut chunk[..len]);
+        file.write_all_at(&chunk[..len], offset).map_err(fail)?;
+        offset += len as u64;
+    }
+    file.sync_all().map_err(fail)?;
+    Ok(has_ext4)
+}
+
+fn make_ext4(dir: &Path, sample: &File, size: u64) -> Result<bool, String> {
+    let files = dir.join("sample-files");
+    let image = dir.join("sample-ext4.img");
+    let fail = |error: std::io::Error| format!("{}: {error}", files.display());
+    std::fs::create_dir_all(files.join("etc")).map_err(fail)?;
+    std::fs::create_dir_all(files.join("var/lib/app")).map_err(fail)?;
+    std::fs::write(files.join("etc/hostname"), "protected-vm\n").map_err(fail)?;
+    let mut noise = Noise(42);
+    for index in 0..32 {
+        let mut data = vec![0u8; 256 << 10];
+        noise.fill(&mut data);
+        std::fs::write(files.join(format!("var/lib/app/data-{index:02}.bin")), &data)
+            .map_err(fail)?;
+    }
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&files)
+        .arg(&image)
+        .arg(format!("{}k", size / 1024))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !matches!(made, Ok(status) if status.success()) {
+        println!("      (mkfs.ext4 not found: the sample has no file system)");
+        return Ok(false);
+    }
+    let mut fs = File::open(&image).map_err(|error| format!("{}: {error}", image.display()))?;
+    let mut chunk = vec![0u8; 4 << 20];
+    let mut offset = 0u64;
+    loop {
+        let read = fs.read(&mut chunk).map_err(|error| format!("{}: {error}", image.display()))?;
+        if read == 0 {
+            break;
+        }
+        if !wire::is_zero(&chunk[..read]) {
+            sample.write_all_at(&chunk[..read], offset).map_err(|error| error.to_string())?;
+        }
+        offset += read as u64;
+    }
+    let _ = std::fs::remove_file(&image);
+    let _ = std::fs::remove_dir_all(&files);
+    Ok(true)
+}
+
+fn change_sample(sample: &Path, size: u64) -> Result<(), String> {
+    let file = OpenOptions::new().write(true).open(sample).map_err(|error| error.to_string())?;
+    let mut noise = Noise(7);
+    let mut block = vec![0u8; 1 << 20];
+    for offset in [size / 2 + 3 * MIB, size / 3, size - 5 * MIB] {
+        noise.fill(&mut block);
+        file.write_all_at(&block, offset).map_err(|error| error.to_string())?;
+    }
+    file.sync_all().map_err(|error| error.to_string())
+}
+
+/// Compares the two files byte for byte.
+fn verify(source: &Path, replica: &Path) -> Result<(), String> {
+    let open =
+        |path: &Path| File::open(path).map_err(|error| format!("{}: {error}", path.display()));
+    let (mut a, mut b) = (open(source)?, open(replica)?);
+    let (len_a, len_b) = (
+        a.metadata().map_err(|e| e.to_string())?.len(),
+        b.metadata().map_err(|e| e.to_string())?.len(),
+    );
+    if len_a != len_b {
+        return Err(format!("verification FAILED: source has {len_a} bytes, replica {len_b}"));
+    }
+    let mut buf_a = vec![0u8; 4 << 20];
+    let mut buf_b = vec![0u8; 4 << 20];
+    let mut offset = 0u64;
+    while offset < len_a {
+        let len = buf_a.len().min((len_a - offset) as usize);
+        a.read_exact(&mut buf_a[..len]).map_err(|error| error.to_string())?;
+        b.read_exact(&mut buf_b[..len]).map_err(|error| error.to_string())?;
+        if buf_a[..len] != buf_b[..len] {
+            let at = buf_a[..len].iter().zip(&buf_b[..len]).position(|(x, y)| x != y).unwrap_or(0)
+                as u64
+                + offset;
+            return Err(format!("verification FAILED: replica differs from source at byte {at}"));
+        }
+        offset += len as u64;
+    }
+    println!("      verified: replica is identical to the source ({len_a} bytes compared)");
+    Ok(())
+}

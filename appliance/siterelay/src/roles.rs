@@ -1,0 +1,184 @@
+//! The role subcommands: configuration file first, then flags on top, then validation.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::Config;
+
+use crate::args::Args;
+
+/// Loads `--config FILE` (or the built-in defaults).
+pub(crate) fn load_config(args: &Args) -> Result<Config, String> {
+    match args.value("config") {
+        None => Ok(Config::default()),
+        Some(path) => read_config(Path::new(path)),
+    }
+}
+
+fn read_config(path: &Path) -> Result<Config, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    Config::from_toml(&text).map_err(|error| format!("{}: {error}", path.display()))
+}
+
+fn validated(config: Config) -> Result<Config, String> {
+    config.validate().map_err(|error| format!("invalid settings: {error}"))?;
+    logger_from(&config);
+    Ok(config)
+}
+
+fn logger_from(config: &Config) {
+    crate::logger::init(crate::logger::level_of(config.log.level));
+}
+
+fn addr(args: &Args, name: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    args.parsed(name)
+}
+
+pub(crate) fn target(rest: &[String]) -> Result<(), String> {
+    let args =
+        Args::parse("target", rest, &[("listen", true), ("data-dir", true), ("config", true)])?;
+    let mut config = load_config(&args)?;
+    if let Some(listen) = addr(&args, "listen")? {
+        config.target.listen = listen;
+    }
+    if let Some(dir) = args.value("data-dir") {
+        config.target.data_dir = PathBuf::from(dir);
+    }
+    let config = validated(config)?;
+    let options =
+        target::TargetOptions { listen: config.target.listen, data_dir: config.target.data_dir };
+    let target = target::Target::bind(&options).map_err(|error| error.to_string())?;
+    target.serve();
+    Ok(())
+}
+
+pub(crate) fn relay_options(config: &config::RelayConfig) -> relay::RelayOptions {
+    relay::RelayOptions {
+        listen: config.listen,
+        target: config.target,
+        cache_dir: config.cache_dir.clone(),
+        cache_bytes_max: config.cache_bytes_max,
+        segment_bytes: config.segment_bytes,
+        compression_level: config.compression_level as i32,
+        group_commit_bytes_max: config.group_commit_bytes_max as usize,
+        agents_max: config.agents_max as usize,
+        disks_max: config.disks_max as usize,
+        queue_depth: config.queue_depth,
+        heartbeat_secs: u64::from(config.heartbeat_secs),
+    }
+}
+
+pub(crate) fn relay(rest: &[String]) -> Result<(), String> {
+    let args = Args::parse(
+        "relay",
+        rest,
+        &[("listen", true), ("target", true), ("cache-dir", true), ("config", true)],
+    )?;
+    let mut config = load_config(&args)?;
+    if let Some(listen) = addr(&args, "listen")? {
+        config.relay.listen = listen;
+    }
+    if let Some(target) = addr(&args, "target")? {
+        config.relay.target = target;
+    }
+    if let Some(dir) = args.value("cache-dir") {
+        config.relay.cache_dir = PathBuf::from(dir);
+    }
+    let config = validated(config)?;
+    let relay =
+        relay::Relay::bind(relay_options(&config.relay)).map_err(|error| error.to_string())?;
+    relay.serve().map_err(|error| error.to_string())
+}
+
+pub(crate) fn agent_options(config: &config::AgentConfig, progress: bool) -> agent::AgentOptions {
+    agent::AgentOptions {
+        relay: config.relay,
+        disks: config
+            .disks
+            .iter()
+            .map(|disk| agent::DiskSource { name: disk.name.clone(), path: disk.path.clone() })
+            .collect(),
+        state_dir: config.state_dir.clone(),
+        block_bytes: config.block_bytes as usize,
+        read_chunk_bytes: config.read_chunk_bytes as usize,
+        frame_payload_bytes: config.frame_payload_bytes as usize,
+        window_bytes: config.window_bytes as usize,
+        reconnect_timeout: Duration::from_secs(u64::from(config.reconnect_timeout_secs)),
+        progress,
+    }
+}
+
+pub(crate) fn agent(rest: &[String]) -> Result<(), String> {
+    let spec = &[
+        ("relay", true),
+        ("disk", true),
+        ("state-dir", true),
+        ("once", false),
+        ("reconnect-timeout", true),
+        ("config", true),
+    ];
+    let args = Args::parse("agent", rest, spec)?;
+    let mut config = load_config(&args)?;
+    if let Some(relay) = addr(&args, "relay")? {
+        config.agent.relay = relay;
+    }
+    if let Some(dir) = args.value("state-dir") {
+        config.agent.state_dir = PathBuf::from(dir);
+    }
+    if let Some(seconds) = args.parsed::<u32>("reconnect-timeout")? {
+        config.agent.reconnect_timeout_secs = seconds;
+    }
+    for disk in args.values("disk") {
+        let Some((name, path)) = disk.split_once('=') else {
+            return Err(format!("--disk {disk:?}: expected NAME=PATH"));
+        };
+        config
+            .agent
+            .disks
+            .push(config::DiskConfig { name: name.to_string(), path: PathBuf::from(path) });
+    }
+    if config.agent.disks.is_empty() {
+        return Err(
+            "agent: no disk to protect; give --disk NAME=PATH or [[agent.disk]] in the config file"
+                .into(),
+        );
+    }
+    let config = validated(config)?;
+    let options = agent_options(&config.agent, true);
+    if !args.flag("once") {
+        log::warn!(
+            "continuous capture is not available yet: syncing once, then exiting (as with --once)"
+        );
+    }
+    let reports = agent::sync_once(&options).map_err(|error| error.to_string())?;
+    for report in &reports {
+        print_report(report);
+    }
+    println!("replica durable at target: {} disk(s)", reports.len());
+    Ok(())
+}
+
+pub(crate) fn print_report(report: &agent::DiskReport) {
+    let mode = match report.mode {
+        agent::SyncMode::Full => "full sync",
+        agent::SyncMode::Resync => "checksum resync",
+    };
+    let rate = report.size_bytes as f64 / report.seconds.max(1e-6) / 1e6;
+    println!(
+        "{}: {mode} of {} bytes in {:.2} s ({rate:.0} MB/s scanned): {} data bytes sent, {} zero bytes as extents, {} bytes unchanged, {} differing blocks",
+        report.name, report.size_bytes, report.seconds, report.data_bytes, report.zero_bytes, report.unchanged_bytes, report.differing_blocks
+    );
+}
+
+pub(crate) fn config(rest: &[String]) -> Result<(), String> {
+    let args = Args::parse("config", rest, &[])?;
+    match args.positional.as_slice() {
+        [check, file] if check == "check" => {
+            read_config(Path::new(file))?;
+            println!("{file}: ok");
+            Ok(())
+        }
+        _ => Err("usage: siterelay config check FILE".into()),
+    }
+}

@@ -1,0 +1,36 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad metadata {}: {reason}", path.display())]
+    Metadata { path: PathBuf, reason: String },
+    #[error("journal {}: {source}", path.display())]
+    Journal {
+        path: PathBuf,
+        #[source]
+        source: journal::JournalError,
+    },
+    #[error("disk {disk}: {source}")]
+    Wire {
+        disk: String,
+        #[source]
+        source: wire::WireError,
+    },
+    #[error("disk {disk}: write ends at byte {end}, past the disk size {size}")]
+    BeyondEnd { disk: String, end: u64, size: u64 },
+    #[error("disk {disk}: generation {theirs} does not match the replica's generation {ours}; refusing to mix histories (resync with a new replica is required)")]
+    GenerationMismatch { disk: String, ours: String, theirs: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,158 @@
+//! The recovery-site role (design.md §5): receives frames from relays, makes them durable in a
+//! per-disk redo journal, acks, and applies them into one sparse raw replica image per disk.
+//!
+//! Threads: one per connection. A disk is a `Mutex<Replica>`, so two connections (an old and a
+//! reconnected relay link) never interleave inside one disk's journal.
+
+mod error;
+mod replica;
+mod session;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use error::TargetError;
+use replica::Replica;
+
+#[derive(Debug, Clone)]
+pub struct TargetOptions {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+/// Where the replica of disk `name` lives under a target's data directory.
+pub fn replica_path(data_dir: &Path, name: &str) -> PathBuf {
+    replica::image_path(data_dir, name)
+}
+
+#[derive(Debug)]
+pub(crate) struct Store {
+    data_dir: PathBuf,
+    disks: Mutex<HashMap<String, Arc<Mutex<Replica>>>>,
+}
+
+impl Store {
+    /// Opens every disk found in the data directory, replaying journals left by a crash.
+    fn open(data_dir: &Path) -> Result<Store, TargetError> {
+        let disks_dir = data_dir.join("disks");
+        std::fs::create_dir_all(&disks_dir).map_err(|source| TargetError::Io {
+            action: "create directory",
+            path: disks_dir.clone(),
+            source,
+        })?;
+        let mut disks = HashMap::new();
+        let entries = std::fs::read_dir(&disks_dir).map_err(|source| TargetError::Io {
+            action: "list",
+            path: disks_dir.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| TargetError::Io {
+                action: "list",
+                path: disks_dir.clone(),
+                source,
+            })?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            if let Some(replica) = Replica::open_existing(data_dir, &name)? {
+                disks.insert(name, Arc::new(Mutex::new(replica)));
+            }
+        }
+        Ok(Store { data_dir: data_dir.to_path_buf(), disks: Mutex::new(disks) })
+    }
+
+    /// The disk named in `info`, created if new; refuses a different generation.
+    pub(crate) fn attach(
+        &self,
+        info: &wire::DiskInfo<'_>,
+    ) -> Result<Arc<Mutex<Replica>>, TargetError> {
+        let mut disks = self.disks.lock().expect("store lock");
+        if let Some(existing) = disks.get(info.name) {
+            let mut replica = existing.lock().expect("replica lock");
+            if replica.generation != info.generation {
+                return Err(TargetError::GenerationMismatch {
+                    disk: info.name.to_string(),
+                    ours: wire::generation_to_hex(&replica.generation),
+                    theirs: wire::generation_to_hex(&info.generation),
+                });
+            }
+            replica.resize(info.size_bytes)?;
+            return Ok(existing.clone());
+        }
+        let replica = Replica::create(&self.data_dir, info.name, info.generation, info.size_bytes)?;
+        let replica = Arc::new(Mutex::new(replica));
+        disks.insert(info.name.to_string(), replica.clone());
+        Ok(replica)
+    }
+
+    pub(crate) fn status_json(&self) -> String {
+        let disks = self.disks.lock().expect("store lock");
+        let mut names: Vec<&String> = disks.keys().collect();
+        names.sort();
+        let list: Vec<serde_json::Value> = names
+            .into_iter()
+            .map(|name| {
+                let replica = disks[name].lock().expect("replica lock");
+                serde_json::json!({
+                    "name": replica.name,
+                    "state": "replica",
+                    "size_bytes": replica.size_bytes,
+                    "durable_seq": replica.durable_seq,
+                    "applied_seq": replica.applied_seq,
+                    "bytes_applied": replica.bytes_applied,
+                    "replica_path": replica.image_path,
+                })
+            })
+            .collect();
+        serde_json::json!({ "role": "target", "version": env!("CARGO_PKG_VERSION"), "disks": list })
+            .to_string()
+    }
+}
+
+/// A bound, recovered target, ready to serve.
+#[derive(Debug)]
+pub struct Target {
+    listener: TcpListener,
+    store: Arc<Store>,
+}
+
+impl Target {
+    pub fn bind(options: &TargetOptions) -> Result<Target, TargetError> {
+        let store = Arc::new(Store::open(&options.data_dir)?);
+        let listener = TcpListener::bind(options.listen)
+            .map_err(|source| TargetError::Listen { addr: options.listen, source })?;
+        Ok(Target { listener, store })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// Serves connections until the process ends.
+    pub fn serve(self) {
+        log::info!(
+            "listening on {} (data dir {})",
+            self.local_addr(),
+            self.store.data_dir.display()
+        );
+        let mut connection_id = 0u64;
+        for stream in self.listener.incoming() {
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(error) => {
+                    log::warn!("accept failed: {error}");
+                    continue;
+                }
+            };
+            connection_id += 1;
+            let store = self.store.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("target-conn-{connection_id}"))
+                .spawn(move || session::serve(connection_id, stream, &store));
+            if let Err(error) = spawned {
+                log::error!("cannot start a thread for connection {connection_id}: {error}");
+            }
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! One replicated disk at the recovery site: its redo journal, its sparse raw image and the
+//! metadata that says how far the image has caught up with the journal.
+//!
+//! Layout under the data directory:
+//! - `replicas/NAME.img`: the replica, a sparse raw image a user can compare or mount;
+//! - `disks/NAME/meta.json`: generation, size, and the sequence applied and synced into the image;
+//! - `disks/NAME/journal/seg-*.log`: records durable but maybe not yet synced into the image.
+//!
+//! Write path: append records to the journal, fdatasync, ack, then apply them to the image.
+//! A checkpoint syncs the image, records `applied_seq` in the metadata, and deletes the journal
+//! segment. After a crash, `open` replays the journal into the image (idempotent) before serving.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use wire::{FrameType, Generation, WireError};
+
+use crate::error::TargetError;
+
+/// Journal bytes after which the image is synced and the journal segment dropped.
+pub(crate) const CHECKPOINT_JOURNAL_BYTES: u64 = 256 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Meta {
+    generation: String,
+    size_bytes: u64,
+    applied_seq: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Replica {
+    pub(crate) name: String,
+    pub(crate) generation: Generation,
+    pub(crate) size_bytes: u64,
+    pub(crate) image_path: PathBuf,
+    image: File,
+    disk_dir: PathBuf,
+    journal_file: File,
+    journal_index: u64,
+    journal_len: u64,
+    /// Highest sequence durable in the journal (what we ack).
+    pub(crate) durable_seq: u64,
+    /// Highest sequence synced into the image and recorded in the metadata.
+    pub(crate) applied_seq: u64,
+    pub(crate) bytes_applied: u64,
+    pending: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+pub(crate) fn image_path(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("replicas").join(format!("{name}.img"))
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TargetError {
+    let path = path.to_path_buf();
+    move |source| TargetError::Io { action, path, source }
+}
+
+impl Replica {
+    /// Opens an existing disk (replaying its journal) or returns `None` if it does not exist.
+    pub(crate) fn open_existing(
+        data_dir: &Path,
+        name: &str,
+    ) -> Result<Option<Replica>, TargetError> {
+        let disk_dir = data_dir.join("disks").join(name);
+        let meta_path = disk_dir.join("meta.json");
+        let text = match fs::read_to_string(&meta_path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(io_error("read", &meta_path)(error)),
+        };
+        let meta: Meta = serde_json::from_str(&text).map_err(|error| TargetError::Metadata {
+            path: meta_path.clone(),
+            reason: error.to_string(),
+        })?;
+        let generation =
+            wire::generation_from_hex(&meta.generation).ok_or_else(|| TargetError::Metadata {
+                path: meta_path.clone(),
+                reason: "generation is not 32 hex digits".into(),
+            })?;
+        let image_path = image_path(data_dir, name);
+        let image = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&image_path)
+            .map_err(io_error("open", &image_path))?;
+        let mut replica =
+            Replica::assemble(name, generation, meta.size_bytes, image_path, image, disk_dir)?;
+        replica.applied_seq = meta.applied_seq;
+        replica.durable_seq = meta.applied_seq;
+        replica.replay_journal()?;
+        Ok(Some(replica))
+    }
+
+    pub(crate) fn create(
+        data_dir: &Path,
+        name: &str,
+        generation: Generation,
+        size_bytes: u64,
+    ) -> Result<Replica, TargetError> {
+        let disk_dir = data_dir.join("disks").join(name);
+        let replicas_dir = data_dir.join("replicas");
+        for dir in [&disk_dir.join("journal"), &replicas_dir] {
+            fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+        }
+        let image_path = image_path(data_dir, name);
+        let image = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&image_path)
+            .map_err(io_error("create", &image_path))?;
+        image.set_len(size_bytes).map_err(io_error("resize", &image_path))?;
+        image.sync_all().map_err(io_error("fsync", &image_path))?;
+        fsio::fsync_dir(&replicas_dir).map_err(io_error("fsync", &replicas_dir))?;
+        let replica = Replica::assemble(name, generation, size_bytes, image_path, image, disk_dir)?;
+        replica.write_meta()?;
+        log::info!(
+            "created replica {} ({} bytes) at {}",
+            name,
+            size_bytes,
+            replica.image_path.display()
+        );
+        Ok(replica)
+    }
+
+    fn assemble(
+        name: &str,
+        generation: Generation,
+        size_bytes: u64,
+        image_path: PathBuf,
+        image: File,
+        disk_dir: PathBuf,
+    ) -> Result<Replica, TargetError> {
+        let journal_dir = disk_dir.join("journal");
+        fs::create_dir_all(&journal_dir).map_err(io_error("create directory", &journal_dir))?;
+        let journal_index = list_segments(&journal_dir)?.last().map_or(0, |last| last + 1);
+        let journal_path = journal_dir.join(journal::segment_file_name(journal_index));
+        let journal_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&journal_path)
+            .map_err(io_error("create", &journal_path))?;
+        Ok(Replica {
+            name: name.to_string(),
+            generation,
+            size_bytes,
+            image_path,
+            image,
+            disk_dir,
+            journal_file,
+            journal_index,
+            journal_len: 0,
+            durable_seq: 0,
+            applied_seq: 0,
+            bytes_applied: 0,
+            pending: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    fn journal_dir(&self) -> PathBuf {
+        self.disk_dir.join("journal")
+    }
+
+    fn write_meta(&self) -> Result<(), TargetError> {
+        let meta = Meta {
+            generation: wire::generation_to_hex(&self.generation),
+            size_bytes: self.size_bytes,
+            applied_seq: self.applied_seq,
+        };
+        let path = self.disk_dir.join("meta.json");
+        let text = serde_json::to_string_pretty(&meta).expect("meta serializes");
+        fsio::write_atomic(&path, text.as_bytes()).map_err(io_error("write", &path))
+    }
+
+    /// Applies every journal record newer than the metadata into the image, then checkpoints.
+    /// Only the newest segment may end in a torn record (the crash interrupted its append).
+    fn replay_journal(&mut self) -> Result<(), TargetError> {
+        let journal_dir = self.journal_dir();
+        let mut segments = list_segments(&journal_dir)?;
+        segments.retain(|index| *index != self.journal_index);
+        for (position, index) in segments.iter().enumerate() {
+            let path = journal_dir.join(journal::segment_file_name(*index));
+            let bytes = fs::read(&path).map_err(io_error("read", &path))?;
+            let recovery = journal::recover(&bytes)
+                .map_err(|source| TargetError::Journal { path: path.clone(), source })?;
+            let is_newest = position + 1 == segments.len();
+            if recovery.valid_len != bytes.len() as u64 && !is_newest {
+                return Err(TargetError::Metadata {
+                    path,
+                    reason: "torn record in a journal segment that is not the newest".into(),
+                });
+            }
+            for (_, record) in journal::records(&bytes[..recovery.valid_len as usize]) {
+                let Ok(frame_type) = FrameType::from_u8(record.kind) else { continue };
+                let (_, seq) = wire::disk_scoped_prefix(record.body)
+                    .map_err(|source| TargetError::Wire { disk: self.name.clone(), source })?;
+                if seq > self.applied_seq {
+                    self.apply_record(frame_type, record.body)?;
+                    self.durable_seq = self.durable_seq.max(seq);
+                }
+            }
+        }
+        if !segments.is_empty() {
+            log::info!(
+                "replica {}: replayed journal up to sequence {}",
+                self.name,
+                self.durable_seq
+            );
+        }
+        self.checkpoint()
+    }
+
+    /// Syncs the image, records how far it is, and drops the journal segments before the
+    /// current one.
+    pub(crate) fn checkpoint(&mut self) -> Result<(), TargetError> {
+        self.image.sync_data().map_err(io_error("fsync", &self.image_path))?;
+        self.applied_seq = self.durable_seq;
+        self.write_meta()?;
+        let journal_dir = self.journal_dir();
+        for index in list_segments(&journal_dir)? {
+            if index != self.journal_index {
+                let path = journal_dir.join(journal::segment_file_name(index));
+                fs::remove_file(&path).map_err(io_error("remove", &path))?;
+            }
+        }
+        if self.journal_len > 0 {
+            self.journal_index += 1;
+            let path = journal_dir.join(journal::segment_file_name(self.journal_index));
+            self.journal_file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(io_error("create", &path))?;
+            self.journal_len = 0;
+            let old = journal_dir.join(journal::segment_file_name(self.journal_index - 1));
+            fs::remove_file(&old).map_err(io_error("remove", &old))?;
+        }
+        fsio::fsync_dir(&journal_dir).map_err(io_error("fsync", &journal_dir))
+    }
+
+    /// Adopts a new disk size announced by the source.
+    pub(crate) fn resize(&mut self, size_bytes: u64) -> Result<(), TargetError> {
+        if size_bytes == self.size_bytes {
+            return Ok(());
+        }
+        log::warn!(
+            "replica {}: size changes from {} to {} bytes",
+            self.name,
+            self.size_bytes,
+            size_bytes
+        );
+        self.image.set_len(size_bytes).map_err(io_error("resize", &self.image_path))?;
+        self.size_bytes = size_bytes;
+        self.checkpoint()
+    }
+
+    /// Queues a record for the next journal flush. `seq` was checked by the caller.
+    pub(crate) fn stage(&mut self, frame_type: FrameType, body: &[u8]) -> Result<(), TargetError> {
+        journal::encode_record(frame_type as u8, body, &mut self.pending)
+            .map_err(|source| TargetError::Journal { path: self.journal_dir(), source })
+    }
+
+    /// Makes the staged records durable: one write and one fdatasync for the whole batch.
+    pub(crate) fn flush_journal(&mut self, last_seq: u64) -> Result<(), TargetError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let path = self.journal_dir().join(journal::segment_file_name(self.journal_index));
+        self.journal_file
+            .write_all_at(&self.pending, self.journal_len)
+            .map_err(io_error("append", &path))?;
+        self.journal_file.sync_data().map_err(io_error("fdatasync", &path))?;
+        self.journal_len += self.pending.len() as u64;
+        self.pending.clear();
+        assert!(last_seq >= self.durable_seq, "durable sequence never goes back");
+        self.durable_seq = last_seq;
+        Ok(())
+    }
+
+    pub(crate) fn wants_checkpoint(&self) -> bool {
+        self.journal_len >= CHECKPOINT_JOURNAL_BYTES
+    }
+
+    /// Writes one journaled frame body into the image.
+    pub(crate) fn apply_record(
+        &mut self,
+        frame_type: FrameType,
+        body: &[u8],
+    ) -> Result<(), TargetError> {
+        if frame_type != FrameType::Writes {
+            return Ok(());
+        }
+        let wire_error = |source: WireError| TargetError::Wire { disk: self.name.clone(), source };
+        let wire::Frame::Writes(writes) =
+            wire::RawFrame { frame_type, body }.decode().map_err(wire_error)?
+        else {
+            unreachable!("frame type checked above");
+        };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let data = wire::writes_data(&writes, &mut scratch)
+            .map_err(|source| TargetError::Wire { disk: self.name.clone(), source })?;
+        let mut data_at = 0usize;
+        for extent in &writes.extents {
+            let end = extent.offset + u64::from(extent.len);
+            if end > self.size_bytes {
+                return Err(TargetError::BeyondEnd {
+                    disk: self.name.clone(),
+                    end,
+                    size: self.size_bytes,
+                });
+            }
+            if extent.has_payload() {
+                let bytes = &data[data_at..data_at + extent.len as usize];
+                self.image
+                    .write_all_at(bytes, extent.offset)
+                    .map_err(io_error("write", &self.image_path))?;
+                data_at += extent.len as usize;
+            } else {
+                fsio::zero_range(&self.image, extent.offset, u64::from(extent.len))
+                    .map_err(io_error("zero", &self.image_path))?;
+            }
+            self.bytes_applied += u64::from(extent.len);
+        }
+        self.scratch = scratch;
+        Ok(())
+    }
+
+    /// Checksums of `count` blocks from `offset`, clipped at the disk size (design.md §3).
+    pub(crate) fn checksums(
+        &self,
+        offset: u64,
+        block_bytes: u32,
+        count: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), TargetError> {
+        let mut block = vec![0u8; block_bytes as usize];
+        for index in 0..u64::from(count) {
+            let start = offset.saturating_add(index * u64::from(block_bytes));
+            let len = self.size_bytes.saturating_sub(start).min(u64::from(block_bytes)) as usize;
+            fsio::read_at_padded(&self.image, &mut block[..len], start)
+                .map_err(io_error("read", &self.image_path))?;
+            out.extend_from_slice(&wire::block_checksum(&block[..len]));
+        }
+        Ok(())
+    }
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u64>, TargetError> {
+    let mut indexes = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_error("list", dir))? {
+        let entry = entry.map_err(io_error("list", dir))?;
+        if let Some(index) = entry.file_name().to_str().and_then(journal::parse_segment_file_name) {
+            indexes.push(index);
+        }
+    }
+    indexes.sort_unstable();
+    Ok(indexes)
+}

@@ -1,0 +1,307 @@
+//! One connection from a relay (or an operator's `status`). Frames are handled in arrival order;
+//! writes are staged and made durable together at the end of each read (group commit), before
+//! anything that must observe them (a checksum request, a disk attach) and before the ack.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+
+use wire::{error_code, AckEntry, Frame, FrameReader, FrameType, RawFrame, Role, WireError};
+
+use crate::error::TargetError;
+use crate::replica::Replica;
+use crate::Store;
+
+/// Staged bytes after which a flush happens even if more frames are buffered.
+const STAGED_BYTES_MAX: usize = 32 << 20;
+const READ_BUFFER_BYTES: usize = 256 << 10;
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    #[error("{0}")]
+    Target(#[from] TargetError),
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{message}")]
+    Protocol { code: u16, message: String },
+}
+
+struct Staged {
+    disk_id: u32,
+    frame_type: FrameType,
+    body: Vec<u8>,
+}
+
+struct Session<'a> {
+    store: &'a Store,
+    stream: TcpStream,
+    out: Vec<u8>,
+    greeted: bool,
+    disks: HashMap<u32, Arc<Mutex<Replica>>>,
+    refused: HashSet<u32>,
+    /// Next sequence expected per disk, counting staged frames.
+    expected_seq: HashMap<u32, u64>,
+    staged: Vec<Staged>,
+    staged_bytes: usize,
+}
+
+pub(crate) fn serve(id: u64, stream: TcpStream, store: &Store) {
+    let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |addr| addr.to_string());
+    log::debug!("connection {id} from {peer}");
+    match run(stream, store) {
+        Ok(()) => log::debug!("connection {id} from {peer} closed"),
+        Err(error) => log::error!("connection {id} from {peer}: {error}"),
+    }
+}
+
+fn run(stream: TcpStream, store: &Store) -> Result<(), SessionError> {
+    stream.set_nodelay(true)?;
+    let mut reader_stream = stream.try_clone()?;
+    let mut session = Session {
+        store,
+        stream,
+        out: Vec::new(),
+        greeted: false,
+        disks: HashMap::new(),
+        refused: HashSet::new(),
+        expected_seq: HashMap::new(),
+        staged: Vec::new(),
+        staged_bytes: 0,
+    };
+    let mut reader = FrameReader::new();
+    let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    loop {
+        let received = reader_stream.read(&mut buf)?;
+        if received == 0 {
+            return session.flush();
+        }
+        reader.feed(&buf[..received]);
+        let result = drain_frames(&mut session, &mut reader).and_then(|()| session.flush());
+        if let Err(error) = result {
+            session.send_error(&error);
+            return Err(error);
+        }
+    }
+}
+
+fn drain_frames(session: &mut Session<'_>, reader: &mut FrameReader) -> Result<(), SessionError> {
+    while let Some((raw, used)) = reader.peek()? {
+        session.handle(raw)?;
+        reader.consume(used);
+    }
+    Ok(())
+}
+
+impl Session<'_> {
+    fn handle(&mut self, raw: RawFrame<'_>) -> Result<(), SessionError> {
+        if !self.greeted && raw.frame_type != FrameType::Hello {
+            return Err(protocol(
+                error_code::PROTOCOL,
+                format!("expected Hello, got {}", raw.frame_type.name()),
+            ));
+        }
+        match raw.decode()? {
+            Frame::Hello(hello) => self.on_hello(&hello),
+            Frame::DiskAttach { disk_id, disk } => self.on_attach(disk_id, &disk),
+            Frame::Writes(writes) => self.on_sequenced(writes.disk_id, writes.seq, raw),
+            Frame::Marker(marker) => self.on_sequenced(marker.disk_id, marker.seq, raw),
+            Frame::ChecksumRequest(request) => self.on_checksum_request(&request),
+            Frame::StatusRequest => {
+                let json = self.store.status_json();
+                self.push(&Frame::Status { json: &json })
+            }
+            Frame::Heartbeat { .. } => Ok(()),
+            Frame::Error { code, message } => {
+                log::warn!("peer reported error {code}: {message}");
+                Ok(())
+            }
+            other => Err(protocol(
+                error_code::PROTOCOL,
+                format!("unexpected {} frame", other.frame_type().name()),
+            )),
+        }
+    }
+
+    fn on_hello(&mut self, hello: &wire::Hello<'_>) -> Result<(), SessionError> {
+        if self.greeted {
+            return Err(protocol(error_code::PROTOCOL, "second Hello on one connection".into()));
+        }
+        wire::negotiate_version(hello.version_min, hello.version_max)?;
+        self.greeted = true;
+        log::info!(
+            "{:?} {} (version {}) connected",
+            hello.role,
+            hello.node_id,
+            hello.product_version
+        );
+        self.push(&Frame::Hello(wire::Hello {
+            version_min: wire::PROTOCOL_VERSION_MIN,
+            version_max: wire::PROTOCOL_VERSION_MAX,
+            role: Role::Target,
+            product_version: env!("CARGO_PKG_VERSION"),
+            site_id: "",
+            node_id: "target",
+            disks: Vec::new(),
+        }))
+    }
+
+    fn on_attach(&mut self, disk_id: u32, disk: &wire::DiskInfo<'_>) -> Result<(), SessionError> {
+        self.flush()?;
+        match self.store.attach(disk) {
+            Ok(replica) => {
+                let durable = replica.lock().expect("replica lock").durable_seq;
+                self.disks.insert(disk_id, replica);
+                self.refused.remove(&disk_id);
+                self.expected_seq.insert(disk_id, durable + 1);
+                self.push(&Frame::Ack(vec![AckEntry {
+                    disk_id,
+                    durable_seq: durable,
+                    replicated_seq: durable,
+                }]))
+            }
+            Err(error @ TargetError::GenerationMismatch { .. }) => {
+                // Other disks on this link keep replicating; this one's frames stay in the
+                // relay's cache until an operator resolves the mismatch.
+                log::error!("{error}");
+                self.disks.remove(&disk_id);
+                self.refused.insert(disk_id);
+                let message = error.to_string();
+                self.push(&Frame::Error { code: error_code::GENERATION, message: &message })
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn on_sequenced(
+        &mut self,
+        disk_id: u32,
+        seq: u64,
+        raw: RawFrame<'_>,
+    ) -> Result<(), SessionError> {
+        if self.refused.contains(&disk_id) {
+            return Ok(());
+        }
+        let Some(replica) = self.disks.get(&disk_id) else {
+            return Err(protocol(
+                error_code::UNKNOWN_DISK,
+                format!(
+                    "{} for disk id {disk_id}, which was never attached",
+                    raw.frame_type.name()
+                ),
+            ));
+        };
+        let expected = self.expected_seq[&disk_id];
+        if seq < expected {
+            return Ok(()); // A retransmission after reconnect: already durable or staged.
+        }
+        if seq > expected {
+            let name = replica.lock().expect("replica lock").name.clone();
+            return Err(protocol(
+                error_code::SEQUENCE,
+                format!("disk {name}: sequence gap, expected {expected}, got {seq}"),
+            ));
+        }
+        replica.lock().expect("replica lock").stage(raw.frame_type, raw.body)?;
+        self.expected_seq.insert(disk_id, seq + 1);
+        self.staged_bytes += raw.body.len();
+        self.staged.push(Staged { disk_id, frame_type: raw.frame_type, body: raw.body.to_vec() });
+        if self.staged_bytes >= STAGED_BYTES_MAX {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn on_checksum_request(&mut self, request: &wire::ChecksumRequest) -> Result<(), SessionError> {
+        self.flush()?;
+        if self.refused.contains(&request.disk_id) {
+            return Ok(());
+        }
+        let Some(replica) = self.disks.get(&request.disk_id) else {
+            return Err(protocol(
+                error_code::UNKNOWN_DISK,
+                format!("checksum request for unattached disk id {}", request.disk_id),
+            ));
+        };
+        let mut sums =
+            Vec::with_capacity(request.block_count as usize * wire::limits::CHECKSUM_BYTES);
+        replica.lock().expect("replica lock").checksums(
+            request.offset,
+            request.block_bytes,
+            request.block_count,
+            &mut sums,
+        )?;
+        self.push(&Frame::Checksums(wire::Checksums {
+            disk_id: request.disk_id,
+            request_id: request.request_id,
+            offset: request.offset,
+            block_bytes: request.block_bytes,
+            sums: &sums,
+        }))
+    }
+
+    /// Journal, fdatasync, ack, apply: in that order, so an ack always means durable.
+    fn flush(&mut self) -> Result<(), SessionError> {
+        let staged = std::mem::take(&mut self.staged);
+        self.staged_bytes = 0;
+        let mut last_seq: BTreeMap<u32, u64> = BTreeMap::new();
+        for item in &staged {
+            last_seq.insert(item.disk_id, self.expected_seq[&item.disk_id] - 1);
+        }
+        let mut acks = Vec::with_capacity(last_seq.len());
+        for (&disk_id, &seq) in &last_seq {
+            let mut replica = self.disks[&disk_id].lock().expect("replica lock");
+            replica.flush_journal(seq)?;
+            acks.push(AckEntry { disk_id, durable_seq: seq, replicated_seq: seq });
+        }
+        if !acks.is_empty() {
+            self.push(&Frame::Ack(acks))?;
+        }
+        self.send()?;
+        for item in &staged {
+            let mut replica = self.disks[&item.disk_id].lock().expect("replica lock");
+            replica.apply_record(item.frame_type, &item.body)?;
+        }
+        for disk_id in last_seq.keys() {
+            let mut replica = self.disks[disk_id].lock().expect("replica lock");
+            if replica.wants_checkpoint() {
+                replica.checkpoint()?;
+            }
+        }
+        self.send()
+    }
+
+    fn push(&mut self, frame: &Frame<'_>) -> Result<(), SessionError> {
+        frame.encode(&mut self.out)?;
+        Ok(())
+    }
+
+    fn send(&mut self) -> Result<(), SessionError> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Best effort: tell the peer why we close, so its log names the problem too.
+    fn send_error(&mut self, error: &SessionError) {
+        let code = match error {
+            SessionError::Protocol { code, .. } => *code,
+            SessionError::Wire(_) => error_code::PROTOCOL,
+            _ => error_code::INTERNAL,
+        };
+        let mut message = error.to_string();
+        message.truncate(wire::limits::TEXT_BYTES_MAX);
+        self.out.clear();
+        if (Frame::Error { code, message: &message }).encode(&mut self.out).is_ok() {
+            let _ = self.send();
+        }
+    }
+}
+
+fn protocol(code: u16, message: String) -> SessionError {
+    SessionError::Protocol { code, message }
+}

@@ -1,0 +1,16 @@
+//! End-to-end tests of the real `siterelay` binary: every role runs as its own process on
+//! loopback, driven only through the command line, sockets and files.
+//!
+//! Registered as the `e2e` test target of the `siterelay` package (see its Cargo.toml), so
+//! `cargo nextest run --workspace` runs it. Each test uses its own temp dir and ports; a
+//! failing test keeps its dir (path printed) with the role logs. Environment:
+//! - `SITERELAY_CRASH_TRIALS`, `SITERELAY_CRASH_SEED`: see `crash.rs`.
+//! - `SITERELAY_E2E_TMP`: where the temp dirs go (default: the system temp dir).
+//! - `SITERELAY_E2E_KEEP`: keep temp dirs of passing tests too.
+//! - `CI`: when set, a missing external tool (cmp, mkfs.ext4, ...) fails instead of skipping.
+
+mod badinput;
+mod config;
+mod crash;
+mod harness;
+mod sync;
