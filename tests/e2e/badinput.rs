@@ -350,7 +350,15 @@ fn bad_input_test(label: &str, victim_is_relay: bool) {
     // A restart replays whatever the server made durable: nothing from the bad connections
     // may be in there to stop it from starting or to poison a disk.
     let victim = if victim_is_relay { &mut cluster.relay } else { &mut cluster.target };
-    victim.restart_after(Duration::ZERO);
+    if let Err(error) = victim.try_restart_after(Duration::ZERO) {
+        panic!(
+            "the {} does not start again after the bad input: it must have made a bad frame \
+             durable (journal) instead of rejecting it before that\n{error}\n\
+             other failures:\n  {}",
+            victim.role(),
+            failures.join("\n  ")
+        );
+    }
     if !victim_is_relay {
         let addr = cluster.target.addr();
         let probes: Vec<String> = (1..=HANDSHAKE_CASES)

@@ -280,36 +280,45 @@ impl Server {
 
     /// Spawns the process and waits for its `listening on` log line.
     pub(crate) fn start(&mut self) {
-        self.spawn();
-        self.wait_listening(LISTEN_TIMEOUT);
+        if let Err(error) = self.try_start() {
+            panic!("{error}");
+        }
     }
 
-    /// Waits until the current incarnation logged `listening on`. Panics with the log if it
-    /// exits first or the timeout passes.
-    pub(crate) fn wait_listening(&mut self, timeout: Duration) {
+    /// Like `start`, returning why the process did not come up instead of panicking.
+    pub(crate) fn try_start(&mut self) -> Result<(), String> {
+        self.spawn();
+        self.wait_listening(LISTEN_TIMEOUT)
+    }
+
+    /// Waits until the current incarnation logged `listening on`. `Err` with the log if it
+    /// exits first or the timeout passes (a process that hangs is killed).
+    pub(crate) fn wait_listening(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             let text = read_from(&self.log_path, self.incarnation_offset);
             if text.contains("listening on") {
-                return;
+                return Ok(());
             }
             if let Some(status) = self.try_exit_status() {
-                panic!(
+                return Err(format!(
                     "{} exited with {status} before logging `listening on`\n  command: {}\n  \
                      log {}:\n{}",
                     self.role,
                     self.command_line(),
                     self.log_path.display(),
                     tail(&text, 60)
-                );
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not log `listening on` within {timeout:?}\n  command: {}\n  log:\n{}",
-                self.role,
-                self.command_line(),
-                tail(&text, 60)
-            );
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(format!(
+                    "{} did not log `listening on` within {timeout:?}\n  command: {}\n  log:\n{}",
+                    self.role,
+                    self.command_line(),
+                    tail(&text, 60)
+                ));
+            }
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -359,9 +368,15 @@ impl Server {
     /// SIGKILL (if running), stay down for `down`, start again on the same address and wait
     /// until it listens.
     pub(crate) fn restart_after(&mut self, down: Duration) {
+        if let Err(error) = self.try_restart_after(down) {
+            panic!("restart: {error}");
+        }
+    }
+
+    pub(crate) fn try_restart_after(&mut self, down: Duration) -> Result<(), String> {
         self.kill();
         thread::sleep(down);
-        self.start();
+        self.try_start()
     }
 
     /// The whole log, all incarnations.
@@ -961,13 +976,76 @@ pub(crate) fn files_identical(a: &Path, b: &Path) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "files differ (cmp exit {}):\n  source:  {}\n  replica: {}\n  cmp: {}{}",
+        "files differ (cmp exit {}):\n  source:  {}\n  replica: {}\n  cmp: {}{}\n{}",
         output.status,
         describe(a),
         describe(b),
         String::from_utf8_lossy(&output.stdout).trim_end(),
-        String::from_utf8_lossy(&output.stderr).trim_end()
+        String::from_utf8_lossy(&output.stderr).trim_end(),
+        difference_ranges(a, b)
     ))
+}
+
+/// Granularity of `difference_ranges`.
+const DIFF_BLOCK_BYTES: usize = 64 * 1024;
+
+/// Which 64 KiB blocks differ, merged into ranges, and whether the replica holds only zeros
+/// there (data never written) or other data (written wrong or stale).
+pub(crate) fn difference_ranges(a: &Path, b: &Path) -> String {
+    let (Ok(mut fa), Ok(mut fb)) = (File::open(a), File::open(b)) else {
+        return "  (cannot open both files to locate the differences)".to_string();
+    };
+    let mut ba = vec![0u8; DIFF_BLOCK_BYTES];
+    let mut bb = vec![0u8; DIFF_BLOCK_BYTES];
+    // (start, end, replica all zero)
+    let mut ranges: Vec<(u64, u64, bool)> = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let na = read_full(&mut fa, &mut ba);
+        let nb = read_full(&mut fb, &mut bb);
+        if na == 0 && nb == 0 {
+            break;
+        }
+        let n = na.max(nb);
+        ba[na..n].fill(0);
+        bb[nb..n].fill(0);
+        if na != nb || ba[..n] != bb[..n] {
+            let zero = bb[..nb].iter().all(|&byte| byte == 0);
+            let end = offset + n as u64;
+            match ranges.last_mut() {
+                Some(last) if last.1 == offset && last.2 == zero => last.1 = end,
+                _ => ranges.push((offset, end, zero)),
+            }
+        }
+        offset += n as u64;
+    }
+    let total: u64 = ranges.iter().map(|(start, end, _)| end - start).sum();
+    let mut out =
+        format!("  differing 64 KiB blocks: {} bytes in {} range(s):\n", total, ranges.len());
+    for (start, end, zero) in ranges.iter().take(12) {
+        let _ = writeln!(
+            out,
+            "    [{start}, {end}) = {} KiB at {:.3} MiB: replica has {}",
+            (end - start) / 1024,
+            *start as f64 / MIB as f64,
+            if *zero { "only zeros (never written?)" } else { "other data" }
+        );
+    }
+    if ranges.len() > 12 {
+        let _ = writeln!(out, "    ...");
+    }
+    out
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> usize {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => filled += n,
+        }
+    }
+    filled
 }
 
 /// `cmp a b` must succeed.

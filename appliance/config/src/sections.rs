@@ -115,7 +115,7 @@ impl Default for RelayConfig {
             cache_bytes_max: 64 * GIB,
             segment_bytes: 64 * MIB,
             compression_level: 1,
-            group_commit_bytes_max: 16 * MIB,
+            group_commit_bytes_max: 4 * MIB,
             agents_max: 256,
             disks_max: 1024,
             queue_depth: 256,

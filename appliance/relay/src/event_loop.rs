@@ -21,8 +21,8 @@ use crate::RelayOptions;
 const RECV_BUFFER_BYTES: usize = 256 << 10;
 /// Forwarded bytes queued for the target beyond which the forwarder pauses: bounds memory
 /// whatever the backlog, since the cache on disk holds the rest.
-const TARGET_QUEUE_BYTES_MAX: usize = 8 << 20;
-const FORWARD_READ_BYTES: usize = 4 << 20;
+const TARGET_QUEUE_BYTES_MAX: usize = 4 << 20;
+const FORWARD_READ_BYTES: usize = 2 << 20;
 const TICK_INTERVAL: Duration = Duration::from_millis(250);
 const TARGET_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -108,6 +108,11 @@ fn protocol(code: u16, message: String) -> ConnError {
 struct Flush {
     seqs: HashMap<usize, u64>,
     bytes: u64,
+    segment: u64,
+    offset: u64,
+    /// The written records, kept until the sync so a caught-up forwarder can send them from
+    /// memory instead of reading them back.
+    buf: Vec<u8>,
 }
 
 #[derive(Debug, Default)]
@@ -145,6 +150,7 @@ pub struct Relay {
     target: TargetLink,
     record_scratch: Vec<u8>,
     compress_scratch: Vec<u8>,
+    compressor: wire::BatchCompressor,
     pub(crate) started: Instant,
 }
 
@@ -152,6 +158,7 @@ impl Relay {
     /// Probes io_uring, recovers the cache and binds the listener.
     pub fn bind(options: RelayOptions) -> Result<Relay, RelayError> {
         let ring = Ring::new(options.queue_depth)?;
+        let compressor = wire::BatchCompressor::new(options.compression_level);
         let mut disks = Disks::default();
         let cache = Cache::open(
             &options.cache_dir,
@@ -184,6 +191,7 @@ impl Relay {
             },
             record_scratch: Vec::new(),
             compress_scratch: Vec::new(),
+            compressor,
             started: Instant::now(),
         })
     }
@@ -525,8 +533,7 @@ impl Relay {
         if !self.check_sequence(disk, writes.seq)? {
             return Ok(());
         }
-        let level = self.options.compression_level;
-        let Relay { disks, cache, record_scratch, compress_scratch, .. } = self;
+        let Relay { disks, cache, record_scratch, compress_scratch, compressor, .. } = self;
         let entry = &mut disks.list[disk];
         let info = DiskInfo {
             name: &entry.name,
@@ -543,8 +550,7 @@ impl Relay {
                 writes.payload.len()
             }
             Compression::None
-                if writes.data_len > 0
-                    && wire::compress_batch(level, writes.payload, compress_scratch) =>
+                if writes.data_len > 0 && compressor.compress(writes.payload, compress_scratch) =>
             {
                 let compressed = wire::Writes {
                     compression: Compression::Zstd,
@@ -636,7 +642,9 @@ impl Relay {
         let offset = active.len;
         active.len += buf.len() as u64;
         let fd = active.file.as_raw_fd();
-        self.flush = Some(Flush { seqs, bytes: buf.len() as u64 });
+        let segment = active.index;
+        self.flush =
+            Some(Flush { seqs, bytes: buf.len() as u64, segment, offset, buf: Vec::new() });
         self.ring.submit(tag(KIND_CACHE_WRITE, 0), Op::Write { fd, buf, start: 0, offset })?;
         Ok(())
     }
@@ -662,12 +670,7 @@ impl Relay {
             self.ring.submit(tag(KIND_CACHE_WRITE, 0), op)?;
             return Ok(());
         }
-        // Keep the buffer's capacity for the next group.
-        let mut buf = buf;
-        buf.clear();
-        if self.cache.pending.is_empty() && self.cache.pending.capacity() < buf.capacity() {
-            self.cache.pending = buf;
-        }
+        self.flush.as_mut().expect("a write belongs to a flush").buf = buf;
         self.ring.submit(tag(KIND_CACHE_SYNC, 0), Op::Fsync { fd, data_only: true })?;
         Ok(())
     }
@@ -687,7 +690,33 @@ impl Relay {
             entry.cache_seq = seq;
             entry.ack_due = true;
         }
+        let mut buf = flush.buf;
+        if let Some(link_id) = self.forwarder_waits_at(flush.segment, flush.offset) {
+            let path = self.cache.segment_path(flush.segment);
+            let consumed = self.forward_records(link_id, &buf, flush.offset, &path)?;
+            assert_eq!(consumed, buf.len(), "a group commit holds whole records");
+            self.forward.offset += consumed as u64;
+        }
+        // Keep the buffer's capacity for the next group.
+        buf.clear();
+        if self.cache.pending.is_empty() && self.cache.pending.capacity() < buf.capacity() {
+            self.cache.pending = buf;
+        }
         self.cache.rotate_if_full()
+    }
+
+    /// The target link, if the forwarder is idle exactly at `(segment, offset)` and the link
+    /// has room: then freshly durable records can go straight from memory.
+    fn forwarder_waits_at(&self, segment: u64, offset: u64) -> Option<u64> {
+        let link_id = self.target.conn?;
+        let link = self.conns.get(&link_id)?;
+        let ready = link.role == (ConnRole::Target { greeted: true })
+            && !link.closing
+            && link.outbox.len() + link.send_in_flight < TARGET_QUEUE_BYTES_MAX;
+        let at = !self.forward.read_in_flight
+            && self.forward.segment == segment
+            && self.forward.offset == offset;
+        (ready && at).then_some(link_id)
     }
 
     fn send_acks(&mut self) {

@@ -47,6 +47,7 @@ pub(crate) fn run(rest: &[String]) -> Result<(), String> {
     let target_options = target::TargetOptions {
         listen: "127.0.0.1:0".parse().expect("literal"),
         data_dir: dir.join("target"),
+        group_commit_bytes_max: config.target.group_commit_bytes_max as usize,
     };
     let target = target::Target::bind(&target_options).map_err(|error| error.to_string())?;
     let target_addr = target.local_addr();

@@ -46,8 +46,11 @@ pub(crate) fn target(rest: &[String]) -> Result<(), String> {
         config.target.data_dir = PathBuf::from(dir);
     }
     let config = validated(config)?;
-    let options =
-        target::TargetOptions { listen: config.target.listen, data_dir: config.target.data_dir };
+    let options = target::TargetOptions {
+        listen: config.target.listen,
+        data_dir: config.target.data_dir,
+        group_commit_bytes_max: config.target.group_commit_bytes_max as usize,
+    };
     let target = target::Target::bind(&options).map_err(|error| error.to_string())?;
     target.serve();
     Ok(())

@@ -110,7 +110,7 @@ fn render_table(status: &serde_json::Value) -> String {
                 disk["name"].as_str().unwrap_or("?"),
                 disk["state"].as_str().unwrap_or("?"),
                 progress,
-                disk["backlog_frames"],
+                disk["backlog_frames"].to_string(),
                 bytes(&disk["bytes_received"]),
                 bytes(&disk["bytes_stored"]),
                 agent
@@ -127,8 +127,8 @@ fn render_table(status: &serde_json::Value) -> String {
                 "{:<20} {:>11} {:>12} {:>12}  {}\n",
                 disk["name"].as_str().unwrap_or("?"),
                 bytes(&disk["size_bytes"]),
-                disk["durable_seq"],
-                disk["applied_seq"],
+                disk["durable_seq"].to_string(),
+                disk["applied_seq"].to_string(),
                 disk["replica_path"].as_str().unwrap_or("?")
             );
         }

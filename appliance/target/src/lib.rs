@@ -20,6 +20,8 @@ use replica::Replica;
 pub struct TargetOptions {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Staged bytes per connection after which a group commit happens.
+    pub group_commit_bytes_max: usize,
 }
 
 /// Where the replica of disk `name` lives under a target's data directory.
@@ -115,6 +117,7 @@ impl Store {
 pub struct Target {
     listener: TcpListener,
     store: Arc<Store>,
+    group_commit_bytes_max: usize,
 }
 
 impl Target {
@@ -122,7 +125,7 @@ impl Target {
         let store = Arc::new(Store::open(&options.data_dir)?);
         let listener = TcpListener::bind(options.listen)
             .map_err(|source| TargetError::Listen { addr: options.listen, source })?;
-        Ok(Target { listener, store })
+        Ok(Target { listener, store, group_commit_bytes_max: options.group_commit_bytes_max })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -147,9 +150,10 @@ impl Target {
             };
             connection_id += 1;
             let store = self.store.clone();
+            let staged_bytes_max = self.group_commit_bytes_max;
             let spawned = std::thread::Builder::new()
                 .name(format!("target-conn-{connection_id}"))
-                .spawn(move || session::serve(connection_id, stream, &store));
+                .spawn(move || session::serve(connection_id, stream, &store, staged_bytes_max));
             if let Err(error) = spawned {
                 log::error!("cannot start a thread for connection {connection_id}: {error}");
             }

@@ -19,8 +19,10 @@ use wire::{FrameType, Generation, WireError};
 
 use crate::error::TargetError;
 
-/// Journal bytes after which the image is synced and the journal segment dropped.
-pub(crate) const CHECKPOINT_JOURNAL_BYTES: u64 = 256 << 20;
+/// Journal bytes after which the image is synced and the journal segment dropped. The image
+/// may lag the journal (design.md §5: the journal is the durable copy), so syncing it rarely
+/// lets the page cache absorb the replica writes instead of forcing them to disk per batch.
+pub(crate) const CHECKPOINT_JOURNAL_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Meta {
@@ -42,10 +44,15 @@ pub(crate) struct Replica {
     journal_len: u64,
     /// Highest sequence durable in the journal (what we ack).
     pub(crate) durable_seq: u64,
+    /// Highest sequence staged or durable: the next accepted frame must follow it.
+    pub(crate) staged_seq: u64,
     /// Highest sequence synced into the image and recorded in the metadata.
     pub(crate) applied_seq: u64,
     pub(crate) bytes_applied: u64,
+    /// Records staged for the next journal write.
     pending: Vec<u8>,
+    /// Records durable in the journal and not yet written into the image.
+    unapplied: Vec<u8>,
     scratch: Vec<u8>,
 }
 
@@ -91,6 +98,7 @@ impl Replica {
         replica.applied_seq = meta.applied_seq;
         replica.durable_seq = meta.applied_seq;
         replica.replay_journal()?;
+        replica.staged_seq = replica.durable_seq;
         Ok(Some(replica))
     }
 
@@ -157,9 +165,11 @@ impl Replica {
             journal_index,
             journal_len: 0,
             durable_seq: 0,
+            staged_seq: 0,
             applied_seq: 0,
             bytes_applied: 0,
             pending: Vec::new(),
+            unapplied: Vec::new(),
             scratch: Vec::new(),
         })
     }
@@ -264,13 +274,21 @@ impl Replica {
     }
 
     /// Queues a record for the next journal flush. `seq` was checked by the caller.
-    pub(crate) fn stage(&mut self, frame_type: FrameType, body: &[u8]) -> Result<(), TargetError> {
+    pub(crate) fn stage(
+        &mut self,
+        frame_type: FrameType,
+        body: &[u8],
+        seq: u64,
+    ) -> Result<(), TargetError> {
+        assert_eq!(seq, self.staged_seq + 1, "the caller checked the sequence");
         journal::encode_record(frame_type as u8, body, &mut self.pending)
-            .map_err(|source| TargetError::Journal { path: self.journal_dir(), source })
+            .map_err(|source| TargetError::Journal { path: self.journal_dir(), source })?;
+        self.staged_seq = seq;
+        Ok(())
     }
 
     /// Makes the staged records durable: one write and one fdatasync for the whole batch.
-    pub(crate) fn flush_journal(&mut self, last_seq: u64) -> Result<(), TargetError> {
+    pub(crate) fn flush_journal(&mut self) -> Result<(), TargetError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -280,14 +298,39 @@ impl Replica {
             .map_err(io_error("append", &path))?;
         self.journal_file.sync_data().map_err(io_error("fdatasync", &path))?;
         self.journal_len += self.pending.len() as u64;
-        self.pending.clear();
-        assert!(last_seq >= self.durable_seq, "durable sequence never goes back");
-        self.durable_seq = last_seq;
+        if self.unapplied.is_empty() {
+            std::mem::swap(&mut self.pending, &mut self.unapplied);
+        } else {
+            self.unapplied.extend_from_slice(&self.pending);
+            self.pending.clear();
+        }
+        assert!(self.staged_seq >= self.durable_seq, "durable sequence never goes back");
+        self.durable_seq = self.staged_seq;
         Ok(())
+    }
+
+    /// Writes the records made durable by `flush_journal` into the image.
+    pub(crate) fn apply_flushed(&mut self) -> Result<(), TargetError> {
+        let mut flushed = std::mem::take(&mut self.unapplied);
+        let mut result = Ok(());
+        for (_, record) in journal::records(&flushed) {
+            let frame_type = FrameType::from_u8(record.kind).expect("staged by this process");
+            result = self.apply_record(frame_type, record.body);
+            if result.is_err() {
+                break;
+            }
+        }
+        flushed.clear();
+        self.unapplied = flushed;
+        result
     }
 
     pub(crate) fn wants_checkpoint(&self) -> bool {
         self.journal_len >= CHECKPOINT_JOURNAL_BYTES
+    }
+
+    pub(crate) fn has_journal(&self) -> bool {
+        self.journal_len > 0
     }
 
     /// Writes one journaled frame body into the image.

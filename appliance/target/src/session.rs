@@ -2,10 +2,11 @@
 //! writes are staged and made durable together at the end of each read (group commit), before
 //! anything that must observe them (a checksum request, a disk attach) and before the ack.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use wire::{error_code, AckEntry, Frame, FrameReader, FrameType, RawFrame, Role, WireError};
 
@@ -13,9 +14,10 @@ use crate::error::TargetError;
 use crate::replica::Replica;
 use crate::Store;
 
-/// Staged bytes after which a flush happens even if more frames are buffered.
-const STAGED_BYTES_MAX: usize = 32 << 20;
 const READ_BUFFER_BYTES: usize = 256 << 10;
+/// A link quiet for this long gets its disks checkpointed, so an idle replica is current on
+/// disk and its journal is short.
+const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -23,16 +25,10 @@ enum SessionError {
     Wire(#[from] WireError),
     #[error("{0}")]
     Target(#[from] TargetError),
-    #[error("connection: {0}")]
+    #[error("connection lost: {0}")]
     Io(#[from] std::io::Error),
     #[error("{message}")]
     Protocol { code: u16, message: String },
-}
-
-struct Staged {
-    disk_id: u32,
-    frame_type: FrameType,
-    body: Vec<u8>,
 }
 
 struct Session<'a> {
@@ -42,24 +38,27 @@ struct Session<'a> {
     greeted: bool,
     disks: HashMap<u32, Arc<Mutex<Replica>>>,
     refused: HashSet<u32>,
-    /// Next sequence expected per disk, counting staged frames.
-    expected_seq: HashMap<u32, u64>,
-    staged: Vec<Staged>,
+    /// Disks with records staged by this session.
+    staged: BTreeSet<u32>,
     staged_bytes: usize,
+    /// Staged bytes after which a flush happens even if more frames are buffered.
+    staged_bytes_max: usize,
 }
 
-pub(crate) fn serve(id: u64, stream: TcpStream, store: &Store) {
+pub(crate) fn serve(id: u64, stream: TcpStream, store: &Store, staged_bytes_max: usize) {
     let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |addr| addr.to_string());
     log::debug!("connection {id} from {peer}");
-    match run(stream, store) {
+    match run(stream, store, staged_bytes_max) {
         Ok(()) => log::debug!("connection {id} from {peer} closed"),
+        Err(SessionError::Io(error)) => log::warn!("connection {id} from {peer}: {error}"),
         Err(error) => log::error!("connection {id} from {peer}: {error}"),
     }
 }
 
-fn run(stream: TcpStream, store: &Store) -> Result<(), SessionError> {
+fn run(stream: TcpStream, store: &Store, staged_bytes_max: usize) -> Result<(), SessionError> {
     stream.set_nodelay(true)?;
     let mut reader_stream = stream.try_clone()?;
+    reader_stream.set_read_timeout(Some(IDLE_CHECKPOINT_AFTER))?;
     let mut session = Session {
         store,
         stream,
@@ -67,17 +66,27 @@ fn run(stream: TcpStream, store: &Store) -> Result<(), SessionError> {
         greeted: false,
         disks: HashMap::new(),
         refused: HashSet::new(),
-        expected_seq: HashMap::new(),
-        staged: Vec::new(),
+        staged: BTreeSet::new(),
         staged_bytes: 0,
+        staged_bytes_max,
     };
     let mut reader = FrameReader::new();
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     loop {
-        let received = reader_stream.read(&mut buf)?;
-        if received == 0 {
-            return session.flush();
-        }
+        let received = match reader_stream.read(&mut buf) {
+            Ok(0) => return session.flush().and_then(|()| session.checkpoint_all()),
+            Ok(received) => received,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                session.checkpoint_all()?;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
         reader.feed(&buf[..received]);
         let result = drain_frames(&mut session, &mut reader).and_then(|()| session.flush());
         if let Err(error) = result {
@@ -155,7 +164,6 @@ impl Session<'_> {
                 let durable = replica.lock().expect("replica lock").durable_seq;
                 self.disks.insert(disk_id, replica);
                 self.refused.remove(&disk_id);
-                self.expected_seq.insert(disk_id, durable + 1);
                 self.push(&Frame::Ack(vec![AckEntry {
                     disk_id,
                     durable_seq: durable,
@@ -193,22 +201,21 @@ impl Session<'_> {
                 ),
             ));
         };
-        let expected = self.expected_seq[&disk_id];
+        let mut replica = replica.lock().expect("replica lock");
+        let expected = replica.staged_seq + 1;
         if seq < expected {
             return Ok(()); // A retransmission after reconnect: already durable or staged.
         }
         if seq > expected {
-            let name = replica.lock().expect("replica lock").name.clone();
-            return Err(protocol(
-                error_code::SEQUENCE,
-                format!("disk {name}: sequence gap, expected {expected}, got {seq}"),
-            ));
+            let message =
+                format!("disk {}: sequence gap, expected {expected}, got {seq}", replica.name);
+            return Err(protocol(error_code::SEQUENCE, message));
         }
-        replica.lock().expect("replica lock").stage(raw.frame_type, raw.body)?;
-        self.expected_seq.insert(disk_id, seq + 1);
+        replica.stage(raw.frame_type, raw.body, seq)?;
+        drop(replica);
         self.staged_bytes += raw.body.len();
-        self.staged.push(Staged { disk_id, frame_type: raw.frame_type, body: raw.body.to_vec() });
-        if self.staged_bytes >= STAGED_BYTES_MAX {
+        self.staged.insert(disk_id);
+        if self.staged_bytes >= self.staged_bytes_max {
             self.flush()?;
         }
         Ok(())
@@ -246,31 +253,35 @@ impl Session<'_> {
     fn flush(&mut self) -> Result<(), SessionError> {
         let staged = std::mem::take(&mut self.staged);
         self.staged_bytes = 0;
-        let mut last_seq: BTreeMap<u32, u64> = BTreeMap::new();
-        for item in &staged {
-            last_seq.insert(item.disk_id, self.expected_seq[&item.disk_id] - 1);
-        }
-        let mut acks = Vec::with_capacity(last_seq.len());
-        for (&disk_id, &seq) in &last_seq {
+        let mut acks = Vec::with_capacity(staged.len());
+        for &disk_id in &staged {
             let mut replica = self.disks[&disk_id].lock().expect("replica lock");
-            replica.flush_journal(seq)?;
-            acks.push(AckEntry { disk_id, durable_seq: seq, replicated_seq: seq });
+            replica.flush_journal()?;
+            let durable = replica.durable_seq;
+            acks.push(AckEntry { disk_id, durable_seq: durable, replicated_seq: durable });
         }
         if !acks.is_empty() {
             self.push(&Frame::Ack(acks))?;
         }
         self.send()?;
-        for item in &staged {
-            let mut replica = self.disks[&item.disk_id].lock().expect("replica lock");
-            replica.apply_record(item.frame_type, &item.body)?;
-        }
-        for disk_id in last_seq.keys() {
+        for disk_id in &staged {
             let mut replica = self.disks[disk_id].lock().expect("replica lock");
+            replica.apply_flushed()?;
             if replica.wants_checkpoint() {
                 replica.checkpoint()?;
             }
         }
         self.send()
+    }
+
+    fn checkpoint_all(&mut self) -> Result<(), SessionError> {
+        for replica in self.disks.values() {
+            let mut replica = replica.lock().expect("replica lock");
+            if replica.has_journal() {
+                replica.checkpoint()?;
+            }
+        }
+        Ok(())
     }
 
     fn push(&mut self, frame: &Frame<'_>) -> Result<(), SessionError> {

@@ -8,25 +8,78 @@ use crate::limits::{CHECKSUM_BYTES, WRITE_PAYLOAD_BYTES_MAX};
 /// below that, the receiver's decompression costs more than the bytes saved on the link.
 const COMPRESSION_SAVING_MIN_SIXTEENTHS: usize = 1;
 
-/// Compresses `data` with zstd at `level` into `out` (cleared first). Returns `false`, leaving
-/// `out` empty, when the data is not worth compressing (random or already compressed).
+/// Bytes of each of the four probes a batch is sampled with before compressing it whole.
+const SAMPLE_PROBE_BYTES: usize = 4 << 10;
+
+/// zstd with a reused context and a cheap incompressibility probe: random or already
+/// compressed data (common on disks: media, archives, encrypted volumes) costs a 16 KiB trial
+/// instead of a full compression pass.
+pub struct BatchCompressor {
+    level: i32,
+    context: zstd::bulk::Compressor<'static>,
+    sample: Vec<u8>,
+}
+
+impl std::fmt::Debug for BatchCompressor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchCompressor").field("level", &self.level).finish()
+    }
+}
+
+impl BatchCompressor {
+    /// `level` 0 turns compression off.
+    pub fn new(level: i32) -> BatchCompressor {
+        let context =
+            zstd::bulk::Compressor::new(level.max(1)).expect("zstd accepts levels 1..=19");
+        BatchCompressor { level, context, sample: Vec::with_capacity(4 * SAMPLE_PROBE_BYTES) }
+    }
+
+    /// Compresses `data` into `out` (cleared first). Returns `false`, leaving `out` empty, when
+    /// compression is off or would save less than 1/16 of the bytes.
+    pub fn compress(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
+        out.clear();
+        if self.level == 0 || data.is_empty() || !self.sample_compresses(data, out) {
+            return false;
+        }
+        self.compress_into(data, out)
+    }
+
+    fn sample_compresses(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
+        if data.len() <= 8 * SAMPLE_PROBE_BYTES {
+            return true;
+        }
+        self.sample.clear();
+        let stride = (data.len() - SAMPLE_PROBE_BYTES) / 3;
+        for probe in 0..4 {
+            let at = probe * stride;
+            self.sample.extend_from_slice(&data[at..at + SAMPLE_PROBE_BYTES]);
+        }
+        let sample = std::mem::take(&mut self.sample);
+        let worth = self.compress_into(&sample, out);
+        self.sample = sample;
+        out.clear();
+        worth
+    }
+
+    fn compress_into(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
+        let worth_max = data.len() - data.len() * COMPRESSION_SAVING_MIN_SIXTEENTHS / 16;
+        out.resize(zstd::zstd_safe::compress_bound(data.len()), 0);
+        match self.context.compress_to_buffer(data, out) {
+            Ok(written) if written <= worth_max => {
+                out.truncate(written);
+                true
+            }
+            _ => {
+                out.clear();
+                false
+            }
+        }
+    }
+}
+
+/// One-shot form of [`BatchCompressor::compress`].
 pub fn compress_batch(level: i32, data: &[u8], out: &mut Vec<u8>) -> bool {
-    out.clear();
-    if level == 0 || data.is_empty() {
-        return false;
-    }
-    let worth_max = data.len() - data.len() * COMPRESSION_SAVING_MIN_SIXTEENTHS / 16;
-    out.resize(zstd::zstd_safe::compress_bound(data.len()), 0);
-    match zstd::bulk::compress_to_buffer(data, out, level) {
-        Ok(written) if written <= worth_max => {
-            out.truncate(written);
-            true
-        }
-        _ => {
-            out.clear();
-            false
-        }
-    }
+    BatchCompressor::new(level).compress(data, out)
 }
 
 /// The uncompressed data bytes of a `Writes` frame, decompressing into `scratch` if needed.
@@ -40,8 +93,12 @@ pub fn writes_data<'a>(
         Compression::Zstd => {
             let declared = writes.data_len as usize;
             assert!(declared <= WRITE_PAYLOAD_BYTES_MAX, "validated at decode");
-            scratch.clear();
-            scratch.resize(declared, 0);
+            // Every byte up to `declared` is overwritten (checked below), so stale bytes from a
+            // previous batch need no clearing.
+            if scratch.len() < declared {
+                scratch.resize(declared, 0);
+            }
+            scratch.truncate(declared);
             let written = zstd::bulk::decompress_to_buffer(writes.payload, scratch)
                 .map_err(|error| WireError::Decompress { declared, reason: error.to_string() })?;
             if written != declared {
