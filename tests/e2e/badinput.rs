@@ -1,7 +1,9 @@
 //! Hostile or broken peers on the relay's and the target's sockets (invariant 7 of design.md):
 //! each bad connection is closed by the server, the log names the problem, the process keeps
 //! running, and agent syncs running at the same time and afterwards still complete with an
-//! identical replica.
+//! identical replica. The attacked server is then restarted (kill -9): nothing from the bad
+//! connections may have been made durable, so it must start, and (target) every disk that
+//! received a bad `Writes` must still attach.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

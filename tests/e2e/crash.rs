@@ -51,6 +51,14 @@ fn env_u64(name: &str) -> Option<u64> {
 /// The seeds to run: the one replay seed, or `SITERELAY_CRASH_TRIALS` deterministic ones.
 fn trial_seeds(victim: Victim) -> Vec<u64> {
     if let Some(seed) = env_u64("SITERELAY_CRASH_SEED") {
+        // A seed printed by one of the two tests replays in that test only; any other seed
+        // runs in both.
+        let stream = seed & !0xFFFF;
+        let known = [Victim::Relay, Victim::Target].map(Victim::seed_base);
+        if known.contains(&stream) && stream != victim.seed_base() {
+            eprintln!("SITERELAY_CRASH_SEED={seed:#x} belongs to the other crash test; no trial");
+            return Vec::new();
+        }
         return vec![seed];
     }
     let trials = env_u64("SITERELAY_CRASH_TRIALS").unwrap_or(20);
@@ -88,20 +96,28 @@ fn run_trial(victim: Victim, seed: u64) -> TrialOutcome {
     // One or two kills, at seeded fractions (2%..95%) of the data reaching the replica, each
     // followed by a seeded downtime of 0..500 ms.
     let kills = if rng.chance(1, 3) { 2 } else { 1 };
-    let mut plan: Vec<(u64, Duration)> =
-        (0..kills).map(|_| (rng.range(20, 950), Duration::from_millis(rng.below(500)))).collect();
+    // A seeded jitter of 0..30 ms after the threshold varies the phase of the kill relative
+    // to the target's journal write / ack / apply cycle.
+    let mut plan: Vec<(u64, Duration, Duration)> = (0..kills)
+        .map(|_| {
+            let permille = rng.range(20, 950);
+            (permille, Duration::from_millis(rng.below(30)), Duration::from_millis(rng.below(500)))
+        })
+        .collect();
     plan.sort_unstable();
     eprintln!(
         "crash trial: seed {seed:#x} victim {} size {size} kills {:?} \
          (replay: SITERELAY_CRASH_SEED={seed:#x})",
         victim.name(),
-        plan.iter().map(|(p, down)| format!("at {p}‰ down {down:?}")).collect::<Vec<_>>()
+        plan.iter()
+            .map(|(p, jitter, down)| format!("at {p}‰+{jitter:?} down {down:?}"))
+            .collect::<Vec<_>>()
     );
 
     let replica = cluster.replica("disk");
     let mut running = agent.spawn_once("agent");
     let mut outcome = TrialOutcome::default();
-    for (permille, down) in plan {
+    for (permille, jitter, down) in plan {
         let threshold = data_bytes * permille / 1000;
         let waited = Instant::now();
         while running.is_running()
@@ -110,6 +126,7 @@ fn run_trial(victim: Victim, seed: u64) -> TrialOutcome {
         {
             thread::sleep(Duration::from_millis(1));
         }
+        thread::sleep(jitter);
         let mid_sync = running.is_running();
         let server = match victim {
             Victim::Relay => &mut cluster.relay,

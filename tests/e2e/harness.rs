@@ -379,6 +379,40 @@ impl Server {
         self.try_start()
     }
 
+    /// How the process stands, for failure messages: a process that died without the harness
+    /// killing it is reported with its exit code or signal (read from `/proc/PID/stat` of the
+    /// unreaped child), to tell a crash from an outside kill.
+    pub(crate) fn liveness(&self) -> String {
+        let Some(child) = self.child.as_ref() else {
+            return "not running (stopped by the harness or never started)".to_string();
+        };
+        let pid = child.id();
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return format!("pid {pid}: no /proc entry");
+        };
+        // Fields after the parenthesised command name; state is field 3, exit_code field 52.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        if fields.first() != Some(&"Z") {
+            return format!("running (pid {pid})");
+        }
+        match fields.get(49).and_then(|code| code.parse::<i32>().ok()) {
+            Some(code) if code & 0x7f != 0 => format!(
+                "DIED (pid {pid}) of signal {}{} without the harness killing it",
+                code & 0x7f,
+                if code & 0x7f == 9 {
+                    " (SIGKILL: an outside kill or the OOM killer?)"
+                } else {
+                    ""
+                }
+            ),
+            Some(code) => format!("EXITED (pid {pid}) with code {} on its own", code >> 8),
+            None => format!("EXITED (pid {pid}), status unknown"),
+        }
+    }
+
     /// The whole log, all incarnations.
     pub(crate) fn log(&self) -> String {
         read_lossy(&self.log_path)
@@ -620,8 +654,9 @@ impl Cluster {
         for server in [&self.relay, &self.target] {
             let _ = writeln!(
                 out,
-                "  {} log ({}):\n{}",
+                "  {} is {}; log ({}):\n{}",
                 server.role(),
+                server.liveness(),
                 server.log_path().display(),
                 tail(&server.log(), 50)
             );

@@ -25,6 +25,8 @@ const TARGET_QUEUE_BYTES_MAX: usize = 4 << 20;
 const FORWARD_READ_BYTES: usize = 2 << 20;
 const TICK_INTERVAL: Duration = Duration::from_millis(250);
 const TARGET_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Heartbeat intervals a target may stay silent before its link is dropped and redialled.
+const HEARTBEATS_MISSED_MAX: u32 = 3;
 
 const KIND_ACCEPT: u64 = 1;
 const KIND_RECV: u64 = 2;
@@ -64,6 +66,11 @@ struct Conn {
     /// Agent's `disk_id` → index into `Disks`.
     agent_disks: Vec<usize>,
     closing: bool,
+    /// Hello answered, resume positions not sent yet (see `on_hello`).
+    positions_pending: bool,
+    /// When bytes last arrived: a peer silent for several heartbeats is presumed gone (a cut
+    /// link can leave TCP waiting for hours).
+    last_heard: Instant,
 }
 
 impl Conn {
@@ -80,6 +87,8 @@ impl Conn {
             send_in_flight: 0,
             agent_disks: Vec::new(),
             closing: false,
+            positions_pending: false,
+            last_heard: Instant::now(),
         }
     }
 
@@ -151,6 +160,7 @@ pub struct Relay {
     record_scratch: Vec<u8>,
     compress_scratch: Vec<u8>,
     compressor: wire::BatchCompressor,
+    next_heartbeat: Instant,
     pub(crate) started: Instant,
 }
 
@@ -192,6 +202,7 @@ impl Relay {
             record_scratch: Vec::new(),
             compress_scratch: Vec::new(),
             compressor,
+            next_heartbeat: Instant::now(),
             started: Instant::now(),
         })
     }
@@ -293,6 +304,7 @@ impl Relay {
             return;
         }
         conn.reader.feed(&buf);
+        conn.last_heard = Instant::now();
         let mut buf = buf;
         buf.clear();
         conn.recv_buf = Some(buf);
@@ -403,15 +415,6 @@ impl Relay {
         for (local, info) in hello.disks.iter().enumerate() {
             agent_disks.push(self.register_disk(id, local as u32, info)?);
         }
-        let acks: Vec<AckEntry> = agent_disks
-            .iter()
-            .enumerate()
-            .map(|(local, &disk)| AckEntry {
-                disk_id: local as u32,
-                durable_seq: self.disks.list[disk].cache_seq,
-                replicated_seq: self.disks.list[disk].replicated_seq,
-            })
-            .collect();
         if role == ConnRole::Agent {
             log::info!(
                 "agent {} ({}) connected with {} disk(s)",
@@ -432,8 +435,25 @@ impl Relay {
             node_id: "relay",
             disks: Vec::new(),
         }));
-        conn.push(&Frame::Ack(acks));
+        // The first Ack tells the agent where to resume; it waits until frames of an earlier
+        // connection for these disks are durable, or the agent would reuse their sequences.
+        conn.positions_pending = role == ConnRole::Agent;
         Ok(())
+    }
+
+    /// The resume positions of an agent connection, once none of its disks has frames still
+    /// waiting for a group commit.
+    fn resume_positions(&self, conn: &Conn) -> Option<Vec<AckEntry>> {
+        let disks = conn.agent_disks.iter().map(|&disk| &self.disks.list[disk]);
+        if disks.clone().any(|disk| disk.received_seq != disk.cache_seq) {
+            return None;
+        }
+        let entries = disks.enumerate().map(|(local, disk)| AckEntry {
+            disk_id: local as u32,
+            durable_seq: disk.cache_seq,
+            replicated_seq: disk.replicated_seq,
+        });
+        Some(entries.collect())
     }
 
     fn register_disk(
@@ -720,6 +740,15 @@ impl Relay {
     }
 
     fn send_acks(&mut self) {
+        let waiting: Vec<u64> =
+            self.conns.iter().filter(|(_, conn)| conn.positions_pending).map(|(&id, _)| id).collect();
+        for id in waiting {
+            if let Some(positions) = self.resume_positions(&self.conns[&id]) {
+                let conn = self.conns.get_mut(&id).expect("listed above");
+                conn.push(&Frame::Ack(positions));
+                conn.positions_pending = false;
+            }
+        }
         let mut per_conn: HashMap<u64, Vec<AckEntry>> = HashMap::new();
         for disk in self.disks.list.iter_mut().filter(|disk| disk.ack_due) {
             disk.ack_due = false;
@@ -732,7 +761,8 @@ impl Relay {
             }
         }
         for (conn_id, entries) in per_conn {
-            if let Some(conn) = self.conns.get_mut(&conn_id).filter(|conn| !conn.closing) {
+            let conn = self.conns.get_mut(&conn_id);
+            if let Some(conn) = conn.filter(|conn| !conn.closing && !conn.positions_pending) {
                 conn.push(&Frame::Ack(entries));
             }
         }
@@ -920,6 +950,10 @@ impl Relay {
 
     fn on_tick(&mut self) -> Result<(), RelayError> {
         self.ring.submit(tag(KIND_TICK, 0), uring::timeout(TICK_INTERVAL))?;
+        let now = Instant::now();
+        if now >= self.next_heartbeat {
+            self.heartbeat(now);
+        }
         if self.target.conn.is_none()
             && self.target.connecting.is_none()
             && Instant::now() >= self.target.retry_at
@@ -927,6 +961,29 @@ impl Relay {
             self.connect_target()?;
         }
         Ok(())
+    }
+
+    /// Sends a heartbeat on every connection and closes the target link if the target has been
+    /// silent for `HEARTBEATS_MISSED_MAX` intervals (it answers each heartbeat).
+    fn heartbeat(&mut self, now: Instant) {
+        let interval = Duration::from_secs(self.options.heartbeat_secs.max(1));
+        self.next_heartbeat = now + interval;
+        let time_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let mut silent = None;
+        for (&id, conn) in self.conns.iter_mut().filter(|(_, conn)| !conn.closing) {
+            conn.push(&Frame::Heartbeat { time_unix_ms });
+            let is_target = matches!(conn.role, ConnRole::Target { .. });
+            if is_target && now.duration_since(conn.last_heard) > interval * HEARTBEATS_MISSED_MAX {
+                silent = Some(id);
+            }
+        }
+        if let Some(id) = silent {
+            let seconds = (interval * HEARTBEATS_MISSED_MAX).as_secs();
+            let error = protocol(error_code::PROTOCOL, format!("target silent for {seconds} s"));
+            self.fail_conn(id, &error);
+        }
     }
 
     fn connect_target(&mut self) -> Result<(), RelayError> {

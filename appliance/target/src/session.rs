@@ -18,6 +18,7 @@ const READ_BUFFER_BYTES: usize = 256 << 10;
 /// A link quiet for this long gets its disks checkpointed, so an idle replica is current on
 /// disk and its journal is short.
 const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(5);
+const IDLE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -43,6 +44,7 @@ struct Session<'a> {
     staged_bytes: usize,
     /// Staged bytes after which a flush happens even if more frames are buffered.
     staged_bytes_max: usize,
+    last_write: std::time::Instant,
 }
 
 pub(crate) fn serve(id: u64, stream: TcpStream, store: &Store, staged_bytes_max: usize) {
@@ -58,7 +60,7 @@ pub(crate) fn serve(id: u64, stream: TcpStream, store: &Store, staged_bytes_max:
 fn run(stream: TcpStream, store: &Store, staged_bytes_max: usize) -> Result<(), SessionError> {
     stream.set_nodelay(true)?;
     let mut reader_stream = stream.try_clone()?;
-    reader_stream.set_read_timeout(Some(IDLE_CHECKPOINT_AFTER))?;
+    reader_stream.set_read_timeout(Some(IDLE_POLL_INTERVAL))?;
     let mut session = Session {
         store,
         stream,
@@ -69,6 +71,7 @@ fn run(stream: TcpStream, store: &Store, staged_bytes_max: usize) -> Result<(), 
         staged: BTreeSet::new(),
         staged_bytes: 0,
         staged_bytes_max,
+        last_write: std::time::Instant::now(),
     };
     let mut reader = FrameReader::new();
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
@@ -82,7 +85,7 @@ fn run(stream: TcpStream, store: &Store, staged_bytes_max: usize) -> Result<(), 
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                session.checkpoint_all()?;
+                session.checkpoint_if_idle()?;
                 continue;
             }
             Err(error) => return Err(error.into()),
@@ -122,7 +125,8 @@ impl Session<'_> {
                 let json = self.store.status_json();
                 self.push(&Frame::Status { json: &json })
             }
-            Frame::Heartbeat { .. } => Ok(()),
+            // Answered so the relay can tell a live but idle target from a cut link.
+            Frame::Heartbeat { time_unix_ms } => self.push(&Frame::Heartbeat { time_unix_ms }),
             Frame::Error { code, message } => {
                 log::warn!("peer reported error {code}: {message}");
                 Ok(())
@@ -212,6 +216,7 @@ impl Session<'_> {
             return Err(protocol(error_code::SEQUENCE, message));
         }
         replica.stage(raw.frame_type, raw.body, seq)?;
+        self.last_write = std::time::Instant::now();
         drop(replica);
         self.staged_bytes += raw.body.len();
         self.staged.insert(disk_id);
@@ -272,6 +277,13 @@ impl Session<'_> {
             }
         }
         self.send()
+    }
+
+    fn checkpoint_if_idle(&mut self) -> Result<(), SessionError> {
+        if self.last_write.elapsed() >= IDLE_CHECKPOINT_AFTER {
+            self.checkpoint_all()?;
+        }
+        Ok(())
     }
 
     fn checkpoint_all(&mut self) -> Result<(), SessionError> {
