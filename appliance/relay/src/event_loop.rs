@@ -292,6 +292,13 @@ impl Relay {
         let Op::Recv { buf, .. } = completion.op else { unreachable!("recv tag on another op") };
         let Some(conn) = self.conns.get_mut(&id) else { return };
         if completion.result <= 0 {
+            if conn.reader.buffered_len() > 0 && !conn.closing {
+                let pending = conn.reader.buffered_len();
+                log::warn!(
+                    "connection {id} from {}: closed mid-frame, {pending} bytes of an incomplete frame discarded",
+                    conn.peer
+                );
+            }
             if completion.result < 0 && !conn.closing {
                 log::debug!(
                     "connection {id} from {}: receive failed: {}",
@@ -740,8 +747,12 @@ impl Relay {
     }
 
     fn send_acks(&mut self) {
-        let waiting: Vec<u64> =
-            self.conns.iter().filter(|(_, conn)| conn.positions_pending).map(|(&id, _)| id).collect();
+        let waiting: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| conn.positions_pending)
+            .map(|(&id, _)| id)
+            .collect();
         for id in waiting {
             if let Some(positions) = self.resume_positions(&self.conns[&id]) {
                 let conn = self.conns.get_mut(&id).expect("listed above");

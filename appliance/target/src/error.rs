@@ -27,6 +27,8 @@ pub enum TargetError {
     BeyondEnd { disk: String, end: u64, size: u64 },
     #[error("disk {disk}: generation {theirs} does not match the replica's generation {ours}; refusing to mix histories (resync with a new replica is required)")]
     GenerationMismatch { disk: String, ours: String, theirs: String },
+    #[error("disk {disk} is out of service on this target: {reason}")]
+    Broken { disk: String, reason: String },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,

@@ -33,6 +33,9 @@ pub fn replica_path(data_dir: &Path, name: &str) -> PathBuf {
 pub(crate) struct Store {
     data_dir: PathBuf,
     disks: Mutex<HashMap<String, Arc<Mutex<Replica>>>>,
+    /// Disks that could not be opened, with the reason: refused until an operator repairs
+    /// them, and never recreated over (that would destroy the replica).
+    broken: HashMap<String, String>,
 }
 
 impl Store {
@@ -45,6 +48,7 @@ impl Store {
             source,
         })?;
         let mut disks = HashMap::new();
+        let mut broken = HashMap::new();
         let entries = std::fs::read_dir(&disks_dir).map_err(|source| TargetError::Io {
             action: "list",
             path: disks_dir.clone(),
@@ -57,11 +61,18 @@ impl Store {
                 source,
             })?;
             let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
-            if let Some(replica) = Replica::open_existing(data_dir, &name)? {
-                disks.insert(name, Arc::new(Mutex::new(replica)));
+            match Replica::open_existing(data_dir, &name) {
+                Ok(Some(replica)) => {
+                    disks.insert(name, Arc::new(Mutex::new(replica)));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    log::error!("replica {name} cannot be opened and is refused: {error}");
+                    broken.insert(name, error.to_string());
+                }
             }
         }
-        Ok(Store { data_dir: data_dir.to_path_buf(), disks: Mutex::new(disks) })
+        Ok(Store { data_dir: data_dir.to_path_buf(), disks: Mutex::new(disks), broken })
     }
 
     /// The disk named in `info`, created if new; refuses a different generation.
@@ -69,6 +80,12 @@ impl Store {
         &self,
         info: &wire::DiskInfo<'_>,
     ) -> Result<Arc<Mutex<Replica>>, TargetError> {
+        if let Some(reason) = self.broken.get(info.name) {
+            return Err(TargetError::Broken {
+                disk: info.name.to_string(),
+                reason: reason.clone(),
+            });
+        }
         let mut disks = self.disks.lock().expect("store lock");
         if let Some(existing) = disks.get(info.name) {
             let mut replica = existing.lock().expect("replica lock");

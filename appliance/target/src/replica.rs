@@ -51,9 +51,39 @@ pub(crate) struct Replica {
     pub(crate) bytes_applied: u64,
     /// Records staged for the next journal write.
     pending: Vec<u8>,
-    /// Records durable in the journal and not yet written into the image.
-    unapplied: Vec<u8>,
+    /// Writes of the staged records, decompressed and checked, waiting for durability.
+    staged_writes: PendingWrites,
+    /// Writes durable in the journal and not yet in the image.
+    durable_writes: PendingWrites,
     scratch: Vec<u8>,
+}
+
+/// Extents and their data, ready to be written into the image.
+#[derive(Debug, Default)]
+struct PendingWrites {
+    extents: Vec<wire::Extent>,
+    data: Vec<u8>,
+}
+
+impl PendingWrites {
+    fn is_empty(&self) -> bool {
+        self.extents.is_empty()
+    }
+
+    fn append(&mut self, other: &mut PendingWrites) {
+        if self.is_empty() {
+            std::mem::swap(self, other);
+        } else {
+            self.extents.append(&mut other.extents);
+            self.data.extend_from_slice(&other.data);
+            other.data.clear();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.extents.clear();
+        self.data.clear();
+    }
 }
 
 pub(crate) fn image_path(data_dir: &Path, name: &str) -> PathBuf {
@@ -169,7 +199,8 @@ impl Replica {
             applied_seq: 0,
             bytes_applied: 0,
             pending: Vec::new(),
-            unapplied: Vec::new(),
+            staged_writes: PendingWrites::default(),
+            durable_writes: PendingWrites::default(),
             scratch: Vec::new(),
         })
     }
@@ -212,7 +243,9 @@ impl Replica {
                 let (_, seq) = wire::disk_scoped_prefix(record.body)
                     .map_err(|source| TargetError::Wire { disk: self.name.clone(), source })?;
                 if seq > self.applied_seq {
-                    self.apply_record(frame_type, record.body)?;
+                    self.check_and_queue(frame_type, record.body)?;
+                    let mut queued = std::mem::take(&mut self.staged_writes);
+                    self.write_image(&mut queued)?;
                     self.durable_seq = self.durable_seq.max(seq);
                 }
             }
@@ -230,6 +263,7 @@ impl Replica {
     /// Syncs the image, records how far it is, and drops the journal segments before the
     /// current one.
     pub(crate) fn checkpoint(&mut self) -> Result<(), TargetError> {
+        self.apply_durable()?;
         self.image.sync_data().map_err(io_error("fsync", &self.image_path))?;
         self.applied_seq = self.durable_seq;
         self.write_meta()?;
@@ -273,7 +307,13 @@ impl Replica {
         self.checkpoint()
     }
 
-    /// Queues a record for the next journal flush. `seq` was checked by the caller.
+    /// Staged bytes of decompressed write data, for the caller's group-commit bound.
+    pub(crate) fn staged_data_bytes(&self) -> usize {
+        self.staged_writes.data.len()
+    }
+
+    /// Checks a frame completely (decodes, bounds, decompresses) and queues it for the next
+    /// journal flush. Checked before journaling, so nothing acked can fail to apply.
     pub(crate) fn stage(
         &mut self,
         frame_type: FrameType,
@@ -281,9 +321,36 @@ impl Replica {
         seq: u64,
     ) -> Result<(), TargetError> {
         assert_eq!(seq, self.staged_seq + 1, "the caller checked the sequence");
+        self.check_and_queue(frame_type, body)?;
         journal::encode_record(frame_type as u8, body, &mut self.pending)
             .map_err(|source| TargetError::Journal { path: self.journal_dir(), source })?;
         self.staged_seq = seq;
+        Ok(())
+    }
+
+    /// Decodes a journaled frame body and appends its writes to `staged_writes`.
+    fn check_and_queue(&mut self, frame_type: FrameType, body: &[u8]) -> Result<(), TargetError> {
+        if frame_type != FrameType::Writes {
+            return Ok(());
+        }
+        let wire_error = |source: WireError| TargetError::Wire { disk: self.name.clone(), source };
+        let wire::Frame::Writes(writes) =
+            wire::RawFrame { frame_type, body }.decode().map_err(wire_error)?
+        else {
+            unreachable!("frame type checked above");
+        };
+        for extent in &writes.extents {
+            let end = extent.offset + u64::from(extent.len);
+            if end > self.size_bytes {
+                let size = self.size_bytes;
+                return Err(TargetError::BeyondEnd { disk: self.name.clone(), end, size });
+            }
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let data = wire::writes_data(&writes, &mut scratch).map_err(wire_error)?;
+        self.staged_writes.extents.extend_from_slice(&writes.extents);
+        self.staged_writes.data.extend_from_slice(data);
+        self.scratch = scratch;
         Ok(())
     }
 
@@ -298,31 +365,11 @@ impl Replica {
             .map_err(io_error("append", &path))?;
         self.journal_file.sync_data().map_err(io_error("fdatasync", &path))?;
         self.journal_len += self.pending.len() as u64;
-        if self.unapplied.is_empty() {
-            std::mem::swap(&mut self.pending, &mut self.unapplied);
-        } else {
-            self.unapplied.extend_from_slice(&self.pending);
-            self.pending.clear();
-        }
+        self.pending.clear();
+        self.durable_writes.append(&mut self.staged_writes);
         assert!(self.staged_seq >= self.durable_seq, "durable sequence never goes back");
         self.durable_seq = self.staged_seq;
         Ok(())
-    }
-
-    /// Writes the records made durable by `flush_journal` into the image.
-    pub(crate) fn apply_flushed(&mut self) -> Result<(), TargetError> {
-        let mut flushed = std::mem::take(&mut self.unapplied);
-        let mut result = Ok(());
-        for (_, record) in journal::records(&flushed) {
-            let frame_type = FrameType::from_u8(record.kind).expect("staged by this process");
-            result = self.apply_record(frame_type, record.body);
-            if result.is_err() {
-                break;
-            }
-        }
-        flushed.clear();
-        self.unapplied = flushed;
-        result
     }
 
     pub(crate) fn wants_checkpoint(&self) -> bool {
@@ -333,36 +380,19 @@ impl Replica {
         self.journal_len > 0
     }
 
-    /// Writes one journaled frame body into the image.
-    pub(crate) fn apply_record(
-        &mut self,
-        frame_type: FrameType,
-        body: &[u8],
-    ) -> Result<(), TargetError> {
-        if frame_type != FrameType::Writes {
-            return Ok(());
-        }
-        let wire_error = |source: WireError| TargetError::Wire { disk: self.name.clone(), source };
-        let wire::Frame::Writes(writes) =
-            wire::RawFrame { frame_type, body }.decode().map_err(wire_error)?
-        else {
-            unreachable!("frame type checked above");
-        };
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let data = wire::writes_data(&writes, &mut scratch)
-            .map_err(|source| TargetError::Wire { disk: self.name.clone(), source })?;
+    /// Writes everything durable into the image.
+    pub(crate) fn apply_durable(&mut self) -> Result<(), TargetError> {
+        let mut durable = std::mem::take(&mut self.durable_writes);
+        let result = self.write_image(&mut durable);
+        self.durable_writes = durable;
+        result
+    }
+
+    fn write_image(&mut self, writes: &mut PendingWrites) -> Result<(), TargetError> {
         let mut data_at = 0usize;
         for extent in &writes.extents {
-            let end = extent.offset + u64::from(extent.len);
-            if end > self.size_bytes {
-                return Err(TargetError::BeyondEnd {
-                    disk: self.name.clone(),
-                    end,
-                    size: self.size_bytes,
-                });
-            }
             if extent.has_payload() {
-                let bytes = &data[data_at..data_at + extent.len as usize];
+                let bytes = &writes.data[data_at..data_at + extent.len as usize];
                 self.image
                     .write_all_at(bytes, extent.offset)
                     .map_err(io_error("write", &self.image_path))?;
@@ -373,7 +403,8 @@ impl Replica {
             }
             self.bytes_applied += u64::from(extent.len);
         }
-        self.scratch = scratch;
+        assert_eq!(data_at, writes.data.len(), "extents account for every data byte");
+        writes.clear();
         Ok(())
     }
 

@@ -77,7 +77,15 @@ fn run(stream: TcpStream, store: &Store, staged_bytes_max: usize) -> Result<(), 
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     loop {
         let received = match reader_stream.read(&mut buf) {
-            Ok(0) => return session.flush().and_then(|()| session.checkpoint_all()),
+            Ok(0) => {
+                if reader.buffered_len() > 0 {
+                    log::warn!(
+                        "peer closed mid-frame, {} bytes of an incomplete frame discarded",
+                        reader.buffered_len()
+                    );
+                }
+                return session.flush().and_then(|()| session.checkpoint_all());
+            }
             Ok(received) => received,
             Err(error)
                 if matches!(
@@ -174,7 +182,7 @@ impl Session<'_> {
                     replicated_seq: durable,
                 }]))
             }
-            Err(error @ TargetError::GenerationMismatch { .. }) => {
+            Err(error @ (TargetError::GenerationMismatch { .. } | TargetError::Broken { .. })) => {
                 // Other disks on this link keep replicating; this one's frames stay in the
                 // relay's cache until an operator resolves the mismatch.
                 log::error!("{error}");
@@ -217,10 +225,12 @@ impl Session<'_> {
         }
         replica.stage(raw.frame_type, raw.body, seq)?;
         self.last_write = std::time::Instant::now();
+        let staged_data = replica.staged_data_bytes();
         drop(replica);
         self.staged_bytes += raw.body.len();
         self.staged.insert(disk_id);
-        if self.staged_bytes >= self.staged_bytes_max {
+        // Both bounds matter: journal bytes per fsync, and decompressed bytes held in memory.
+        if self.staged_bytes.max(staged_data) >= self.staged_bytes_max {
             self.flush()?;
         }
         Ok(())
@@ -268,14 +278,16 @@ impl Session<'_> {
         if !acks.is_empty() {
             self.push(&Frame::Ack(acks))?;
         }
-        self.send()?;
+        // Apply even if the peer is gone: what was acked must reach the image.
+        let sent = self.send();
         for disk_id in &staged {
             let mut replica = self.disks[disk_id].lock().expect("replica lock");
-            replica.apply_flushed()?;
+            replica.apply_durable()?;
             if replica.wants_checkpoint() {
                 replica.checkpoint()?;
             }
         }
+        sent?;
         self.send()
     }
 
