@@ -93,6 +93,8 @@ pub struct RelayConfig {
     pub segment_bytes: u64,
     /// zstd level for cached data; 0 disables compression.
     pub compression_level: u32,
+    /// Threads compressing batches in parallel; 0 = one per CPU.
+    pub compression_threads: u32,
     /// Bytes gathered before one durable commit (fsync).
     #[serde(deserialize_with = "size::deserialize")]
     pub group_commit_bytes_max: u64,
@@ -115,6 +117,7 @@ impl Default for RelayConfig {
             cache_bytes_max: 64 * GIB,
             segment_bytes: 64 * MIB,
             compression_level: 1,
+            compression_threads: 0,
             group_commit_bytes_max: 4 * MIB,
             agents_max: 256,
             disks_max: 1024,

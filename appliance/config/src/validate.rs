@@ -34,6 +34,7 @@ fn validate_relay(relay: &RelayConfig) -> Result<(), ConfigError> {
     check_size_range("relay.segment_bytes", relay.segment_bytes, MIB, GIB)?;
     check_segment_fits_cache(relay)?;
     check_count_range("relay.compression_level", relay.compression_level, 0, 19)?;
+    check_count_range("relay.compression_threads", relay.compression_threads, 0, 64)?;
     check_group_commit("relay.group_commit_bytes_max", relay.group_commit_bytes_max)?;
     check_count_range("relay.agents_max", relay.agents_max, 1, 4096)?;
     check_count_range("relay.disks_max", relay.disks_max, 1, 65_536)?;

@@ -41,6 +41,8 @@ pub(crate) struct Cache {
     /// Records waiting for the next group commit, and the highest sequence each disk has there.
     pub(crate) pending: Vec<u8>,
     pub(crate) pending_seqs: HashMap<usize, u64>,
+    /// The other group-commit buffer, idle while `pending` fills.
+    pub(crate) spare: Vec<u8>,
 }
 
 #[derive(Debug, Serialize, Deserialize, Default)]
@@ -80,6 +82,7 @@ impl Cache {
             segments,
             pending: Vec::new(),
             pending_seqs: HashMap::new(),
+            spare: Vec::new(),
         };
         if cache.segments.back().is_none_or(|last| last.len >= segment_bytes_max) {
             cache.add_segment()?;
@@ -102,23 +105,13 @@ impl Cache {
         self.segments.back_mut().expect("the cache always has an active segment")
     }
 
-    /// Stages one record for the next group commit.
-    pub(crate) fn stage(
-        &mut self,
-        disk: usize,
-        seq: Option<u64>,
-        kind: u8,
-        body: &[u8],
-    ) -> Result<(), RelayError> {
-        journal::encode_record(kind, body, &mut self.pending)
-            .map_err(|source| RelayError::Journal { path: self.dir.clone(), source })?;
+    /// Stages one encoded journal record for the next group commit. Records reach the
+    /// segment in staging order; `start_flush` notes their sequences in the segment.
+    pub(crate) fn stage(&mut self, disk: usize, seq: Option<u64>, record: &[u8]) {
+        self.pending.extend_from_slice(record);
         if let Some(seq) = seq {
             self.pending_seqs.insert(disk, seq);
-            let active = self.active();
-            let entry = active.max_seq.entry(disk).or_insert(0);
-            *entry = (*entry).max(seq);
         }
-        Ok(())
     }
 
     /// Starts a new active segment once the current one is full. Called between group commits.

@@ -2,7 +2,7 @@
 //! the top byte, a connection id below); completions drive small state machines: connection
 //! buffers, the group commit of the cache, the forward cursor, and the target link.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use wire::{
 use crate::cache::Cache;
 use crate::disks::Disks;
 use crate::error::{io_error, RelayError};
+use crate::pool::{Done, Job, Pool};
 use crate::RelayOptions;
 
 const RECV_BUFFER_BYTES: usize = 256 << 10;
@@ -36,6 +37,16 @@ const KIND_CACHE_SYNC: u64 = 5;
 const KIND_CACHE_READ: u64 = 6;
 const KIND_TICK: u64 = 7;
 const KIND_CONNECT: u64 = 8;
+const KIND_WAKE: u64 = 9;
+
+/// A journal record ready to stage, waiting for its ticket's turn.
+#[derive(Debug)]
+struct Ready {
+    disk: usize,
+    seq: Option<u64>,
+    record: Vec<u8>,
+    stored_payload_bytes: usize,
+}
 
 fn tag(kind: u64, id: u64) -> u64 {
     debug_assert!(id < 1 << 56);
@@ -159,7 +170,13 @@ pub struct Relay {
     target: TargetLink,
     record_scratch: Vec<u8>,
     compress_scratch: Vec<u8>,
-    compressor: wire::BatchCompressor,
+    pool: Pool,
+    /// Tickets order records between the pool and the cache: `next_ticket` is handed out on
+    /// arrival, `stage_ticket` is the next one to stage; finished ones wait in `ready`.
+    next_ticket: u64,
+    stage_ticket: u64,
+    ready: BTreeMap<u64, Ready>,
+    pool_jobs_max: usize,
     next_heartbeat: Instant,
     pub(crate) started: Instant,
 }
@@ -168,7 +185,12 @@ impl Relay {
     /// Probes io_uring, recovers the cache and binds the listener.
     pub fn bind(options: RelayOptions) -> Result<Relay, RelayError> {
         let ring = Ring::new(options.queue_depth)?;
-        let compressor = wire::BatchCompressor::new(options.compression_level);
+        let threads = match options.compression_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            threads => threads,
+        };
+        let pool = Pool::start(threads, options.compression_level)
+            .map_err(io_error("start compression threads for", &options.cache_dir))?;
         let mut disks = Disks::default();
         let cache = Cache::open(
             &options.cache_dir,
@@ -201,7 +223,11 @@ impl Relay {
             },
             record_scratch: Vec::new(),
             compress_scratch: Vec::new(),
-            compressor,
+            pool,
+            next_ticket: 0,
+            stage_ticket: 0,
+            ready: BTreeMap::new(),
+            pool_jobs_max: threads + 1,
             next_heartbeat: Instant::now(),
             started: Instant::now(),
         })
@@ -222,6 +248,7 @@ impl Relay {
         );
         self.ring.submit(tag(KIND_ACCEPT, 0), Op::Accept { fd: self.listener.as_raw_fd() })?;
         self.ring.submit(tag(KIND_TICK, 0), uring::timeout(TICK_INTERVAL))?;
+        self.arm_wake(vec![0u8; 8])?;
         self.connect_target()?;
         let mut completions = Vec::with_capacity(256);
         loop {
@@ -250,6 +277,7 @@ impl Relay {
             KIND_CACHE_READ => self.on_cache_read(id, completion),
             KIND_TICK => self.on_tick(),
             KIND_CONNECT => self.on_connect(&completion),
+            KIND_WAKE => self.on_wake(completion),
             other => unreachable!("unknown completion kind {other}"),
         }
     }
@@ -560,44 +588,76 @@ impl Relay {
         if !self.check_sequence(disk, writes.seq)? {
             return Ok(());
         }
-        let Relay { disks, cache, record_scratch, compress_scratch, compressor, .. } = self;
-        let entry = &mut disks.list[disk];
+        if writes.compression == Compression::Zstd {
+            // Verify now: a batch that does not decompress would poison the cache.
+            wire::writes_data(writes, &mut self.compress_scratch)?;
+        }
+        // Nothing below fails: a ticket taken must always become ready, or staging stalls.
+        let entry = &mut self.disks.list[disk];
+        entry.bytes_received += u64::from(writes.data_len);
+        entry.received_seq = writes.seq;
         let info = DiskInfo {
             name: &entry.name,
             generation: entry.generation,
             size_bytes: entry.size_bytes,
         };
-        record_scratch.clear();
-        wire::encode_stored(&info, &[], record_scratch)?;
-        let stored_payload = match writes.compression {
-            Compression::Zstd => {
-                // Verify now: a batch that does not decompress would poison the cache.
-                wire::writes_data(writes, compress_scratch)?;
-                record_scratch.extend_from_slice(body);
-                writes.payload.len()
-            }
-            Compression::None
-                if writes.data_len > 0 && compressor.compress(writes.payload, compress_scratch) =>
-            {
-                let compressed = wire::Writes {
-                    compression: Compression::Zstd,
-                    payload: compress_scratch,
-                    ..writes.clone()
-                };
-                Frame::Writes(compressed).encode_body_only(record_scratch)?;
-                compress_scratch.len()
-            }
-            Compression::None => {
-                record_scratch.extend_from_slice(body);
-                writes.payload.len()
-            }
-        };
-        entry.bytes_received += u64::from(writes.data_len);
-        entry.bytes_stored += stored_payload as u64;
-        entry.received_seq = writes.seq;
-        cache
-            .stage(disk, Some(writes.seq), FrameType::Writes as u8, record_scratch)
-            .map_err(|error| protocol(error_code::INTERNAL, error.to_string()))
+        let mut stored = Vec::with_capacity(body.len() + 128);
+        wire::encode_stored(&info, &[], &mut stored).expect("registered disk names are valid");
+        let ticket = self.take_ticket();
+        if writes.compression == Compression::None
+            && writes.data_len > 0
+            && self.options.compression_level > 0
+        {
+            let mut job_body = self.pool.buffers.take();
+            job_body.extend_from_slice(body);
+            let job = Job { ticket, disk, seq: writes.seq, stored_prefix: stored, body: job_body };
+            self.pool.submit(job);
+            return Ok(());
+        }
+        stored.extend_from_slice(body);
+        let mut record = self.pool.buffers.take();
+        journal::encode_record(FrameType::Writes as u8, &stored, &mut record)
+            .expect("a valid frame body fits a journal record");
+        let stored_payload_bytes = writes.payload.len();
+        let ready = Ready { disk, seq: Some(writes.seq), record, stored_payload_bytes };
+        self.ready.insert(ticket, ready);
+        self.stage_in_order();
+        Ok(())
+    }
+
+    fn take_ticket(&mut self) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        ticket
+    }
+
+    /// Stages finished records in ticket order, so the journal keeps arrival order.
+    fn stage_in_order(&mut self) {
+        while let Some(ready) = self.ready.remove(&self.stage_ticket) {
+            self.cache.stage(ready.disk, ready.seq, &ready.record);
+            self.disks.list[ready.disk].bytes_stored += ready.stored_payload_bytes as u64;
+            self.pool.buffers.give(ready.record);
+            self.stage_ticket += 1;
+        }
+    }
+
+    fn arm_wake(&mut self, buf: Vec<u8>) -> Result<(), RelayError> {
+        let fd = self.pool.wake_fd();
+        let op = Op::Read { fd, buf, offset: uring::EventFd::READ_OFFSET };
+        self.ring.submit(tag(KIND_WAKE, 0), op)?;
+        Ok(())
+    }
+
+    /// Compression workers finished something: stage what is now in order.
+    fn on_wake(&mut self, completion: Completion) -> Result<(), RelayError> {
+        let Op::Read { buf, .. } = completion.op else { unreachable!("wake tag on another op") };
+        let mut finished = Vec::new();
+        self.pool.drain(&mut finished);
+        for Done { ticket, disk, seq, record, stored_payload_bytes } in finished {
+            self.ready.insert(ticket, Ready { disk, seq: Some(seq), record, stored_payload_bytes });
+        }
+        self.stage_in_order();
+        self.arm_wake(buf)
     }
 
     /// `Ok(false)` for a duplicate (a retransmission of something already received).
@@ -648,9 +708,13 @@ impl Relay {
         };
         self.record_scratch.clear();
         wire::encode_stored(&info, body, &mut self.record_scratch)?;
-        self.cache
-            .stage(disk, seq, frame_type as u8, &self.record_scratch)
-            .map_err(|error| protocol(error_code::INTERNAL, error.to_string()))
+        let mut record = self.pool.buffers.take();
+        journal::encode_record(frame_type as u8, &self.record_scratch, &mut record)
+            .map_err(|error| protocol(error_code::LIMIT, error.to_string()))?;
+        let ticket = self.take_ticket();
+        self.ready.insert(ticket, Ready { disk, seq, record, stored_payload_bytes: 0 });
+        self.stage_in_order();
+        Ok(())
     }
 
     /// Group commit: everything staged since the last commit goes in one write and one
@@ -659,7 +723,8 @@ impl Relay {
         if self.flush.is_some() || self.cache.pending.is_empty() {
             return Ok(());
         }
-        let buf = std::mem::take(&mut self.cache.pending);
+        let spare = std::mem::take(&mut self.cache.spare);
+        let buf = std::mem::replace(&mut self.cache.pending, spare);
         let seqs = std::mem::take(&mut self.cache.pending_seqs);
         let active = self.cache.active();
         for (&disk, &seq) in &seqs {
@@ -718,28 +783,27 @@ impl Relay {
             entry.ack_due = true;
         }
         let mut buf = flush.buf;
-        if let Some(link_id) = self.forwarder_waits_at(flush.segment, flush.offset) {
+        if let Some(link_id) = self.forwarder_waits_at(flush.segment, flush.offset, buf.len()) {
             let path = self.cache.segment_path(flush.segment);
             let consumed = self.forward_records(link_id, &buf, flush.offset, &path)?;
             assert_eq!(consumed, buf.len(), "a group commit holds whole records");
             self.forward.offset += consumed as u64;
         }
-        // Keep the buffer's capacity for the next group.
+        // Two buffers alternate between staging and writing; neither is reallocated.
         buf.clear();
-        if self.cache.pending.is_empty() && self.cache.pending.capacity() < buf.capacity() {
-            self.cache.pending = buf;
-        }
+        self.cache.spare = buf;
         self.cache.rotate_if_full()
     }
 
     /// The target link, if the forwarder is idle exactly at `(segment, offset)` and the link
     /// has room: then freshly durable records can go straight from memory.
-    fn forwarder_waits_at(&self, segment: u64, offset: u64) -> Option<u64> {
+    fn forwarder_waits_at(&self, segment: u64, offset: u64, bytes: usize) -> Option<u64> {
         let link_id = self.target.conn?;
         let link = self.conns.get(&link_id)?;
         let ready = link.role == (ConnRole::Target { greeted: true })
             && !link.closing
-            && link.outbox.len() + link.send_in_flight < TARGET_QUEUE_BYTES_MAX;
+            && (link.outbox.len() + link.send_in_flight + bytes <= TARGET_QUEUE_BYTES_MAX
+                || link.outbox.is_empty() && link.send_in_flight == 0);
         let at = !self.forward.read_in_flight
             && self.forward.segment == segment
             && self.forward.offset == offset;
@@ -1078,6 +1142,7 @@ impl Relay {
     /// Arms receives and sends, applies backpressure, and retires closed connections.
     fn pump_conns(&mut self) -> Result<(), RelayError> {
         let throttled = self.cache.pending.len() >= self.options.group_commit_bytes_max
+            || self.pool.in_flight >= self.pool_jobs_max
             || self.cache.bytes_used() >= self.cache.bytes_max;
         let mut retired = Vec::new();
         for (&id, conn) in self.conns.iter_mut() {

@@ -11,6 +11,7 @@ mod cache;
 mod disks;
 mod error;
 mod event_loop;
+mod pool;
 mod status;
 
 use std::net::SocketAddr;
@@ -27,6 +28,8 @@ pub struct RelayOptions {
     pub cache_bytes_max: u64,
     pub segment_bytes: u64,
     pub compression_level: i32,
+    /// Compression threads; 0 = one per CPU.
+    pub compression_threads: usize,
     pub group_commit_bytes_max: usize,
     pub agents_max: usize,
     pub disks_max: usize,

@@ -64,6 +64,7 @@ pub(crate) fn relay_options(config: &config::RelayConfig) -> relay::RelayOptions
         cache_bytes_max: config.cache_bytes_max,
         segment_bytes: config.segment_bytes,
         compression_level: config.compression_level as i32,
+        compression_threads: config.compression_threads as usize,
         group_commit_bytes_max: config.group_commit_bytes_max as usize,
         agents_max: config.agents_max as usize,
         disks_max: config.disks_max as usize,

@@ -307,3 +307,39 @@ pub fn accepted_stream(completion_result: i32) -> io::Result<std::net::TcpStream
     // completion refers to; wrapping it gives it exactly one owner.
     Ok(unsafe { std::net::TcpStream::from_raw_fd(completion_result) })
 }
+
+/// An eventfd: other threads `notify` it, the ring reads it with `Op::Read` at
+/// `EventFd::READ_OFFSET` into an 8-byte buffer.
+#[derive(Debug)]
+pub struct EventFd {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl EventFd {
+    /// Offset for reading a non-seekable file: "the current position".
+    pub const READ_OFFSET: u64 = u64::MAX;
+
+    pub fn new() -> io::Result<EventFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain syscall with constant arguments; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a freshly created descriptor that nothing else owns.
+        Ok(EventFd { fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) } })
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+
+    /// Wakes the reader; callable from any thread.
+    pub fn notify(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live local buffer to a descriptor we own. A failure can
+        // only be a counter overflow, in which case the reader is already due to wake.
+        let _ = unsafe { libc::write(self.raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+}
