@@ -132,16 +132,7 @@ impl Link {
             })
             .collect();
         let mut hello = Vec::new();
-        Frame::Hello(wire::Hello {
-            version_min: wire::PROTOCOL_VERSION_MIN,
-            version_max: wire::PROTOCOL_VERSION_MAX,
-            role: Role::Agent,
-            product_version: env!("CARGO_PKG_VERSION"),
-            site_id: "",
-            node_id: &self.node_id,
-            disks,
-        })
-        .encode(&mut hello)?;
+        Frame::Hello(wire::Hello::ours(Role::Agent, &self.node_id, disks)).encode(&mut hello)?;
         stream.write_all(&hello).map_err(io)?;
         let (sender, receiver) = mpsc::channel();
         let reader = stream.try_clone().map_err(io)?;

@@ -54,7 +54,9 @@ mod segment;
 mod proptests;
 
 pub use error::{CorruptReason, JournalError};
-pub use record::{decode_record, encode_record, encoded_len, RecordRef, RECORD_MAGIC};
+pub use record::{
+    begin_record, decode_record, encode_record, encoded_len, seal_record, RecordRef, RECORD_MAGIC,
+};
 pub use recovery::{recover, Recovery, Tail};
 pub use scan::{records, Records};
 pub use segment::{parse_segment_file_name, segment_file_name};

@@ -50,6 +50,33 @@ pub fn encode_record(kind: u8, body: &[u8], out: &mut Vec<u8>) -> Result<(), Jou
     Ok(())
 }
 
+/// Starts a record whose body the caller appends to `out` in place (no intermediate body
+/// buffer); returns where the record starts, for [`seal_record`].
+pub fn begin_record(kind: u8, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&crc_prefix(kind, 0));
+    out.extend_from_slice(&[0; 4]);
+    start
+}
+
+/// Finishes a record begun with [`begin_record`]: everything after its header up to the end
+/// of `out` is the body. On error (body over the limit) the record is removed from `out`.
+pub fn seal_record(out: &mut Vec<u8>, start: usize) -> Result<(), JournalError> {
+    let body_start = start + RECORD_HEADER_BYTES;
+    assert!(body_start <= out.len(), "seal_record needs a record from begin_record");
+    let body_len = out.len() - body_start;
+    if body_len > RECORD_BODY_BYTES_MAX {
+        out.truncate(start);
+        return Err(JournalError::BodyTooLarge { body_len, max: RECORD_BODY_BYTES_MAX });
+    }
+    let kind = out[start + 4];
+    let prefix = crc_prefix(kind, body_len as u32);
+    let crc = record_crc(&prefix, &out[body_start..]);
+    out[start..start + prefix.len()].copy_from_slice(&prefix);
+    out[start + prefix.len()..body_start].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
 /// Decodes one record at the start of `buf`.
 ///
 /// * `Ok(None)`: `buf` is a plausible but incomplete record; more bytes are
@@ -140,6 +167,32 @@ fn record_crc(prefix: &CrcPrefix, body: &[u8]) -> u32 {
 /// 4-byte range; any other length yields 0 rather than panicking.
 fn read_u32(bytes: &[u8]) -> u32 {
     <[u8; 4]>::try_from(bytes).map_or(0, u32::from_le_bytes)
+}
+
+#[cfg(test)]
+mod in_place_tests {
+    use super::*;
+
+    #[test]
+    fn sealed_record_equals_encoded_record() {
+        let mut expected = vec![9u8];
+        encode_record(7, b"body bytes", &mut expected).unwrap();
+        let mut built = vec![9u8];
+        let start = begin_record(7, &mut built);
+        built.extend_from_slice(b"body ");
+        built.extend_from_slice(b"bytes");
+        seal_record(&mut built, start).unwrap();
+        assert_eq!(built, expected);
+    }
+
+    #[test]
+    fn oversize_sealed_record_is_removed() {
+        let mut built = vec![1u8, 2];
+        let start = begin_record(1, &mut built);
+        built.resize(built.len() + RECORD_BODY_BYTES_MAX + 1, 0);
+        assert!(matches!(seal_record(&mut built, start), Err(JournalError::BodyTooLarge { .. })));
+        assert_eq!(built, vec![1u8, 2]);
+    }
 }
 
 #[cfg(test)]

@@ -461,15 +461,7 @@ impl Relay {
         let conn = self.conns.get_mut(&id).expect("live connection");
         conn.role = role;
         conn.agent_disks = agent_disks;
-        conn.push(&Frame::Hello(wire::Hello {
-            version_min: wire::PROTOCOL_VERSION_MIN,
-            version_max: wire::PROTOCOL_VERSION_MAX,
-            role: Role::Relay,
-            product_version: env!("CARGO_PKG_VERSION"),
-            site_id: "",
-            node_id: "relay",
-            disks: Vec::new(),
-        }));
+        conn.push(&Frame::Hello(wire::Hello::ours(Role::Relay, "relay", Vec::new())));
         // The first Ack tells the agent where to resume; it waits until frames of an earlier
         // connection for these disks are durable, or the agent would reuse their sequences.
         conn.positions_pending = role == ConnRole::Agent;
@@ -601,7 +593,7 @@ impl Relay {
             generation: entry.generation,
             size_bytes: entry.size_bytes,
         };
-        let mut stored = Vec::with_capacity(body.len() + 128);
+        let mut stored = Vec::with_capacity(128);
         wire::encode_stored(&info, &[], &mut stored).expect("registered disk names are valid");
         let ticket = self.take_ticket();
         if writes.compression == Compression::None
@@ -614,10 +606,11 @@ impl Relay {
             self.pool.submit(job);
             return Ok(());
         }
-        stored.extend_from_slice(body);
         let mut record = self.pool.buffers.take();
-        journal::encode_record(FrameType::Writes as u8, &stored, &mut record)
-            .expect("a valid frame body fits a journal record");
+        let start = journal::begin_record(FrameType::Writes as u8, &mut record);
+        record.extend_from_slice(&stored);
+        record.extend_from_slice(body);
+        journal::seal_record(&mut record, start).expect("a valid frame body fits a journal record");
         let stored_payload_bytes = writes.payload.len();
         let ready = Ready { disk, seq: Some(writes.seq), record, stored_payload_bytes };
         self.ready.insert(ticket, ready);
@@ -1091,15 +1084,7 @@ impl Relay {
         let _ = stream.set_nodelay(true);
         let id = self.new_conn_id();
         let mut conn = Conn::new(stream, ConnRole::Target { greeted: false });
-        conn.push(&Frame::Hello(wire::Hello {
-            version_min: wire::PROTOCOL_VERSION_MIN,
-            version_max: wire::PROTOCOL_VERSION_MAX,
-            role: Role::Relay,
-            product_version: env!("CARGO_PKG_VERSION"),
-            site_id: "",
-            node_id: "relay",
-            disks: Vec::new(),
-        }));
+        conn.push(&Frame::Hello(wire::Hello::ours(Role::Relay, "relay", Vec::new())));
         self.conns.insert(id, conn);
         self.target.conn = Some(id);
         self.target.attached.clear();

@@ -140,16 +140,13 @@ fn work(
     level: i32,
 ) {
     let mut compressor = wire::BatchCompressor::new(level);
-    let mut compressed = Vec::new();
-    let mut stored = Vec::new();
     loop {
         let job = match jobs.lock().expect("job queue lock").recv() {
             Ok(job) => job,
             Err(_) => return,
         };
         let mut record = buffers.take();
-        let stored_payload_bytes =
-            build_record(&mut compressor, &job, &mut compressed, &mut stored, &mut record);
+        let stored_payload_bytes = build_record(&mut compressor, &job, &mut record);
         buffers.give(job.body);
         let finished =
             Done { ticket: job.ticket, disk: job.disk, seq: job.seq, record, stored_payload_bytes };
@@ -160,35 +157,26 @@ fn work(
     }
 }
 
-/// The journal record for a job: stored prefix plus the body, its payload compressed when that
-/// is worth it.
-fn build_record(
-    compressor: &mut wire::BatchCompressor,
-    job: &Job,
-    compressed: &mut Vec<u8>,
-    stored: &mut Vec<u8>,
-    record: &mut Vec<u8>,
-) -> usize {
-    stored.clear();
-    stored.extend_from_slice(&job.stored_prefix);
+/// The journal record for a job, built in place: header, stored prefix, the `Writes` fields,
+/// then the payload, compressed straight into the record when that is worth it.
+fn build_record(compressor: &mut wire::BatchCompressor, job: &Job, record: &mut Vec<u8>) -> usize {
     let decoded = RawFrame { frame_type: FrameType::Writes, body: &job.body }.decode();
     let Ok(Frame::Writes(writes)) = decoded else {
         unreachable!("the event loop submits only validated Writes bodies");
     };
-    let stored_payload_bytes = if writes.compression == Compression::None
-        && compressor.compress(writes.payload, compressed)
-    {
-        let packed = wire::Writes { compression: Compression::Zstd, payload: compressed, ..writes };
-        Frame::Writes(packed)
-            .encode_body_only(stored)
-            .expect("a smaller payload stays within limits");
-        compressed.len()
+    record.clear();
+    let start = journal::begin_record(FrameType::Writes as u8, record);
+    record.extend_from_slice(&job.stored_prefix);
+    let body_at = record.len();
+    wire::encode_writes_head(&writes, Compression::Zstd, record);
+    let payload_at = record.len();
+    let stored_payload_bytes = if compressor.compress_append(writes.payload, record) {
+        record.len() - payload_at
     } else {
-        stored.extend_from_slice(&job.body);
+        record.truncate(body_at);
+        record.extend_from_slice(&job.body);
         writes.payload.len()
     };
-    record.clear();
-    journal::encode_record(FrameType::Writes as u8, stored, record)
-        .expect("stored frames fit a journal record");
+    journal::seal_record(record, start).expect("stored frames fit a journal record");
     stored_payload_bytes
 }

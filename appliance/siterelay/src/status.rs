@@ -30,15 +30,7 @@ pub(crate) fn fetch(addr: SocketAddr) -> Result<String, String> {
     let mut stream = TcpStream::connect_timeout(&addr, STATUS_TIMEOUT).map_err(fail)?;
     stream.set_read_timeout(Some(STATUS_TIMEOUT)).map_err(fail)?;
     let mut out = Vec::new();
-    let hello = Frame::Hello(wire::Hello {
-        version_min: wire::PROTOCOL_VERSION_MIN,
-        version_max: wire::PROTOCOL_VERSION_MAX,
-        role: Role::Control,
-        product_version: env!("CARGO_PKG_VERSION"),
-        site_id: "",
-        node_id: "status",
-        disks: Vec::new(),
-    });
+    let hello = Frame::Hello(wire::Hello::ours(Role::Control, "status", Vec::new()));
     hello.encode(&mut out).map_err(|error| error.to_string())?;
     Frame::StatusRequest.encode(&mut out).map_err(|error| error.to_string())?;
     stream.write_all(&out).map_err(fail)?;

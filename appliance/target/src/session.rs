@@ -158,15 +158,7 @@ impl Session<'_> {
             hello.node_id,
             hello.product_version
         );
-        self.push(&Frame::Hello(wire::Hello {
-            version_min: wire::PROTOCOL_VERSION_MIN,
-            version_max: wire::PROTOCOL_VERSION_MAX,
-            role: Role::Target,
-            product_version: env!("CARGO_PKG_VERSION"),
-            site_id: "",
-            node_id: "target",
-            disks: Vec::new(),
-        }))
+        self.push(&Frame::Hello(wire::Hello::ours(Role::Target, "target", Vec::new())))
     }
 
     fn on_attach(&mut self, disk_id: u32, disk: &wire::DiskInfo<'_>) -> Result<(), SessionError> {

@@ -18,6 +18,7 @@ pub struct BatchCompressor {
     level: i32,
     context: zstd::bulk::Compressor<'static>,
     sample: Vec<u8>,
+    sample_out: Vec<u8>,
 }
 
 impl std::fmt::Debug for BatchCompressor {
@@ -31,20 +32,31 @@ impl BatchCompressor {
     pub fn new(level: i32) -> BatchCompressor {
         let context =
             zstd::bulk::Compressor::new(level.max(1)).expect("zstd accepts levels 1..=19");
-        BatchCompressor { level, context, sample: Vec::with_capacity(4 * SAMPLE_PROBE_BYTES) }
+        BatchCompressor {
+            level,
+            context,
+            sample: Vec::with_capacity(4 * SAMPLE_PROBE_BYTES),
+            sample_out: Vec::new(),
+        }
     }
 
     /// Compresses `data` into `out` (cleared first). Returns `false`, leaving `out` empty, when
     /// compression is off or would save less than 1/16 of the bytes.
     pub fn compress(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
         out.clear();
-        if self.level == 0 || data.is_empty() || !self.sample_compresses(data, out) {
+        self.compress_append(data, out)
+    }
+
+    /// Appends the compressed form of `data` to `out`. Returns `false`, leaving `out` as it
+    /// was, when compression is off or would save less than 1/16 of the bytes.
+    pub fn compress_append(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
+        if self.level == 0 || data.is_empty() || !self.sample_compresses(data) {
             return false;
         }
         self.compress_into(data, out)
     }
 
-    fn sample_compresses(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
+    fn sample_compresses(&mut self, data: &[u8]) -> bool {
         if data.len() <= 8 * SAMPLE_PROBE_BYTES {
             return true;
         }
@@ -55,22 +67,26 @@ impl BatchCompressor {
             self.sample.extend_from_slice(&data[at..at + SAMPLE_PROBE_BYTES]);
         }
         let sample = std::mem::take(&mut self.sample);
-        let worth = self.compress_into(&sample, out);
+        let mut sample_out = std::mem::take(&mut self.sample_out);
+        sample_out.clear();
+        let worth = self.compress_into(&sample, &mut sample_out);
         self.sample = sample;
-        out.clear();
+        self.sample_out = sample_out;
         worth
     }
 
+    /// Appends to `out` if worth it; otherwise leaves `out` as it was.
     fn compress_into(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
         let worth_max = data.len() - data.len() * COMPRESSION_SAVING_MIN_SIXTEENTHS / 16;
-        out.resize(zstd::zstd_safe::compress_bound(data.len()), 0);
-        match self.context.compress_to_buffer(data, out) {
+        let at = out.len();
+        out.resize(at + zstd::zstd_safe::compress_bound(data.len()), 0);
+        match self.context.compress_to_buffer(data, &mut out[at..]) {
             Ok(written) if written <= worth_max => {
-                out.truncate(written);
+                out.truncate(at + written);
                 true
             }
             _ => {
-                out.clear();
+                out.truncate(at);
                 false
             }
         }

@@ -122,6 +122,21 @@ pub struct Hello<'a> {
     pub disks: Vec<DiskInfo<'a>>,
 }
 
+impl<'a> Hello<'a> {
+    /// Our own Hello: the protocol versions this build speaks and its product version.
+    pub fn ours(role: Role, node_id: &'a str, disks: Vec<DiskInfo<'a>>) -> Hello<'a> {
+        Hello {
+            version_min: PROTOCOL_VERSION_MIN,
+            version_max: PROTOCOL_VERSION_MAX,
+            role,
+            product_version: env!("CARGO_PKG_VERSION"),
+            site_id: "",
+            node_id,
+            disks,
+        }
+    }
+}
+
 pub const EXTENT_ZERO: u8 = 1;
 pub const EXTENT_TRIM: u8 = 2;
 const EXTENT_FLAGS_KNOWN: u8 = EXTENT_ZERO | EXTENT_TRIM;
@@ -317,19 +332,7 @@ impl Frame<'_> {
                 }
             }
             Frame::Writes(writes) => {
-                w.u32(writes.disk_id);
-                w.u64(writes.seq);
-                w.u8(writes.compression as u8);
-                w.u8(0);
-                w.u16(0);
-                w.u32(writes.data_len);
-                w.u32(writes.extents.len() as u32);
-                for extent in &writes.extents {
-                    w.u64(extent.offset);
-                    w.u32(extent.len);
-                    w.u8(extent.flags);
-                    w.bytes(&[0, 0, 0]);
-                }
+                encode_writes_head(writes, writes.compression, w.out);
                 w.bytes(writes.payload);
             }
             Frame::Marker(marker) => {
@@ -766,6 +769,26 @@ pub fn negotiate_version(peer_min: u16, peer_max: u16) -> Result<u16, WireError>
 pub fn disk_scoped_prefix(body: &[u8]) -> Result<(u32, u64), WireError> {
     let mut r = FieldReader::new(body, "disk-scoped");
     Ok((r.u32("disk_id")?, r.u64("seq")?))
+}
+
+/// Appends a `Writes` body without its payload, declaring `compression`: the caller appends
+/// the payload (raw, or compressed straight into `out`). `writes` must come from a decoded or
+/// validated frame; the payload the caller appends must match `compression` and `data_len`.
+pub fn encode_writes_head(writes: &Writes<'_>, compression: Compression, out: &mut Vec<u8>) {
+    let mut w = FieldWriter { out };
+    w.u32(writes.disk_id);
+    w.u64(writes.seq);
+    w.u8(compression as u8);
+    w.u8(0);
+    w.u16(0);
+    w.u32(writes.data_len);
+    w.u32(writes.extents.len() as u32);
+    for extent in &writes.extents {
+        w.u64(extent.offset);
+        w.u32(extent.len);
+        w.u8(extent.flags);
+        w.bytes(&[0, 0, 0]);
+    }
 }
 
 /// Stores a disk-scoped frame body together with the disk it belongs to, so that a cache record
