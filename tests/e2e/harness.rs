@@ -4,6 +4,7 @@
 //! Everything here drives the real `siterelay` binary through its command line (the CLI
 //! contract), never its library crates.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -12,6 +13,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -123,10 +125,23 @@ impl Drop for TestDir {
     }
 }
 
+/// Ports `free_port` handed out in this process.
+static ISSUED_PORTS: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
 /// A port that was free a moment ago: bind 127.0.0.1:0, read the port, drop the listener.
+/// Never the same port twice in one process: the kernel may offer a port again as soon as the
+/// listener is dropped, before the server that was given it binds it (a cluster's target and
+/// relay once both got the same port).
 pub(crate) fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    let mut issued = ISSUED_PORTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for _ in 0..1000 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        if issued.insert(port) {
+            return port;
+        }
+    }
+    panic!("bind 127.0.0.1:0 offered only ports already handed out ({} of them)", issued.len());
 }
 
 pub(crate) fn loopback(port: u16) -> SocketAddr {

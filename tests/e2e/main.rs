@@ -10,6 +10,7 @@
 //! - `CI`: when set, a missing external tool (cmp, mkfs.ext4, ...) fails instead of skipping.
 
 mod badinput;
+mod concurrent;
 mod config;
 mod crash;
 mod harness;
