@@ -82,3 +82,17 @@ pub fn read_at_padded(file: &File, buf: &mut [u8], offset: u64) -> io::Result<us
     buf[filled..].fill(0);
     Ok(filled)
 }
+
+/// Receives what is already queued on `stream` without waiting (`MSG_DONTWAIT`), leaving the
+/// socket itself blocking for other users. `Err(WouldBlock)` when nothing is queued.
+pub fn recv_queued(stream: &std::net::TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes for the whole call, and the
+    // descriptor is owned by `stream`, which outlives the call.
+    let received = unsafe {
+        libc::recv(stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+    };
+    if received < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(received as usize)
+}

@@ -108,6 +108,8 @@ impl Cache {
     /// Stages one encoded journal record for the next group commit. Records reach the
     /// segment in staging order; `start_flush` notes their sequences in the segment.
     pub(crate) fn stage(&mut self, disk: usize, seq: Option<u64>, record: &[u8]) {
+        // Exact growth: the buffer settles at one group plus one record instead of doubling.
+        self.pending.reserve_exact(record.len());
         self.pending.extend_from_slice(record);
         if let Some(seq) = seq {
             self.pending_seqs.insert(disk, seq);

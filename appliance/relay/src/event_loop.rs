@@ -625,8 +625,11 @@ impl Relay {
     }
 
     /// Stages finished records in ticket order, so the journal keeps arrival order.
+    /// Stops at the group-commit size: what does not fit waits in `ready` for the next group,
+    /// so the commit buffers never grow past one group plus one record.
     fn stage_in_order(&mut self) {
-        while let Some(ready) = self.ready.remove(&self.stage_ticket) {
+        while self.cache.pending.len() < self.options.group_commit_bytes_max {
+            let Some(ready) = self.ready.remove(&self.stage_ticket) else { break };
             self.cache.stage(ready.disk, ready.seq, &ready.record);
             self.disks.list[ready.disk].bytes_stored += ready.stored_payload_bytes as u64;
             self.pool.buffers.give(ready.record);
@@ -713,6 +716,7 @@ impl Relay {
     /// Group commit: everything staged since the last commit goes in one write and one
     /// fdatasync. Acks wait for the fdatasync.
     fn start_flush(&mut self) -> Result<(), RelayError> {
+        self.stage_in_order();
         if self.flush.is_some() || self.cache.pending.is_empty() {
             return Ok(());
         }
@@ -731,6 +735,8 @@ impl Relay {
         self.flush =
             Some(Flush { seqs, bytes: buf.len() as u64, segment, offset, buf: Vec::new() });
         self.ring.submit(tag(KIND_CACHE_WRITE, 0), Op::Write { fd, buf, start: 0, offset })?;
+        // Records held back because the last group was full can start the next one.
+        self.stage_in_order();
         Ok(())
     }
 
@@ -776,10 +782,10 @@ impl Relay {
             entry.ack_due = true;
         }
         let mut buf = flush.buf;
-        if let Some(link_id) = self.forwarder_waits_at(flush.segment, flush.offset, buf.len()) {
+        if let Some(link_id) = self.forwarder_waits_at(flush.segment, flush.offset) {
             let path = self.cache.segment_path(flush.segment);
+            // Whatever does not fit the target queue now is read back from the cache later.
             let consumed = self.forward_records(link_id, &buf, flush.offset, &path)?;
-            assert_eq!(consumed, buf.len(), "a group commit holds whole records");
             self.forward.offset += consumed as u64;
         }
         // Two buffers alternate between staging and writing; neither is reallocated.
@@ -790,13 +796,12 @@ impl Relay {
 
     /// The target link, if the forwarder is idle exactly at `(segment, offset)` and the link
     /// has room: then freshly durable records can go straight from memory.
-    fn forwarder_waits_at(&self, segment: u64, offset: u64, bytes: usize) -> Option<u64> {
+    fn forwarder_waits_at(&self, segment: u64, offset: u64) -> Option<u64> {
         let link_id = self.target.conn?;
         let link = self.conns.get(&link_id)?;
         let ready = link.role == (ConnRole::Target { greeted: true })
             && !link.closing
-            && (link.outbox.len() + link.send_in_flight + bytes <= TARGET_QUEUE_BYTES_MAX
-                || link.outbox.is_empty() && link.send_in_flight == 0);
+            && link.outbox.len() + link.send_in_flight < TARGET_QUEUE_BYTES_MAX;
         let at = !self.forward.read_in_flight
             && self.forward.segment == segment
             && self.forward.offset == offset;
@@ -906,6 +911,9 @@ impl Relay {
     ) -> Result<usize, RelayError> {
         let mut consumed = 0;
         loop {
+            if consumed > 0 && !self.target_has_room(link_id) {
+                return Ok(consumed);
+            }
             match journal::decode_record(&bytes[consumed..], offset + consumed as u64) {
                 Ok(Some((record, used))) => {
                     self.forward_record(link_id, record, path, offset + consumed as u64)?;
@@ -927,6 +935,14 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// The target queue is below its bound: the forwarder may add a record. Bounds the relay's
+    /// memory whatever the backlog, since the cache on disk holds the rest.
+    fn target_has_room(&self, link_id: u64) -> bool {
+        self.conns
+            .get(&link_id)
+            .is_some_and(|link| link.outbox.len() + link.send_in_flight < TARGET_QUEUE_BYTES_MAX)
     }
 
     fn forward_record(
@@ -952,6 +968,8 @@ impl Relay {
             link.push(&Frame::DiskAttach { disk_id: disk as u32, disk: info });
             self.target.attached.insert(disk, identity);
         }
+        // Exact growth: doubling a multi-MiB buffer would hold memory it never uses.
+        link.outbox.reserve_exact(wire::limits::FRAME_HEADER_BYTES + body.len());
         wire::encode_raw_frame(frame_type, Some(disk as u32), body, &mut link.outbox)
             .map_err(record_error)?;
         self.disks.list[disk].bytes_forwarded += body.len() as u64;
@@ -1127,7 +1145,7 @@ impl Relay {
     /// Arms receives and sends, applies backpressure, and retires closed connections.
     fn pump_conns(&mut self) -> Result<(), RelayError> {
         let throttled = self.cache.pending.len() >= self.options.group_commit_bytes_max
-            || self.pool.in_flight >= self.pool_jobs_max
+            || self.pool.in_flight + self.ready.len() >= self.pool_jobs_max
             || self.cache.bytes_used() >= self.cache.bytes_max;
         let mut retired = Vec::new();
         for (&id, conn) in self.conns.iter_mut() {

@@ -78,12 +78,7 @@ fn run(stream: TcpStream, store: &Store, staged_bytes_max: usize) -> Result<(), 
     loop {
         let received = match reader_stream.read(&mut buf) {
             Ok(0) => {
-                if reader.buffered_len() > 0 {
-                    log::warn!(
-                        "peer closed mid-frame, {} bytes of an incomplete frame discarded",
-                        reader.buffered_len()
-                    );
-                }
+                warn_if_mid_frame(&reader);
                 return session.flush().and_then(|()| session.checkpoint_all());
             }
             Ok(received) => received,
@@ -99,12 +94,51 @@ fn run(stream: TcpStream, store: &Store, staged_bytes_max: usize) -> Result<(), 
             Err(error) => return Err(error.into()),
         };
         reader.feed(&buf[..received]);
-        let result = drain_frames(&mut session, &mut reader).and_then(|()| session.flush());
-        if let Err(error) = result {
-            session.send_error(&error);
-            return Err(error);
+        let result = drain_frames(&mut session, &mut reader)
+            .and_then(|()| drain_queued(&mut session, &mut reader, &reader_stream, &mut buf))
+            .and_then(|open| session.flush().map(|()| open));
+        match result {
+            Ok(true) => {}
+            Ok(false) => {
+                warn_if_mid_frame(&reader);
+                return session.checkpoint_all();
+            }
+            Err(error) => {
+                session.send_error(&error);
+                return Err(error);
+            }
         }
     }
+}
+
+fn warn_if_mid_frame(reader: &FrameReader) {
+    if reader.buffered_len() > 0 {
+        let pending = reader.buffered_len();
+        log::warn!("peer closed mid-frame, {pending} bytes of an incomplete frame discarded");
+    }
+}
+
+/// Handles everything the peer has already queued, so one group commit (one fdatasync) covers
+/// as much as possible instead of one read's worth. Returns false when the peer closed.
+fn drain_queued(
+    session: &mut Session<'_>,
+    reader: &mut FrameReader,
+    stream: &TcpStream,
+    buf: &mut [u8],
+) -> Result<bool, SessionError> {
+    while session.staged_bytes < session.staged_bytes_max {
+        match fsio::recv_queued(stream, buf) {
+            Ok(0) => return Ok(false),
+            Ok(received) => {
+                reader.feed(&buf[..received]);
+                drain_frames(session, reader)?;
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(true)
 }
 
 fn drain_frames(session: &mut Session<'_>, reader: &mut FrameReader) -> Result<(), SessionError> {
