@@ -170,8 +170,12 @@ pub(crate) fn print_report(report: &agent::DiskReport) {
     };
     let rate = report.size_bytes as f64 / report.seconds.max(1e-6) / 1e6;
     println!(
-        "{}: {mode} of {} bytes in {:.2} s ({rate:.0} MB/s scanned): {} data bytes sent, {} zero bytes as extents, {} bytes unchanged, {} differing blocks",
-        report.name, report.size_bytes, report.seconds, report.data_bytes, report.zero_bytes, report.unchanged_bytes, report.differing_blocks
+        "{}: {mode} of {} bytes in {:.2} s ({rate:.0} MB/s)",
+        report.name, report.size_bytes, report.seconds
+    );
+    println!(
+        "      {} data bytes sent, {} zero bytes sent as extents, {} bytes unchanged ({} differing blocks)",
+        report.data_bytes, report.zero_bytes, report.unchanged_bytes, report.differing_blocks
     );
 }
 

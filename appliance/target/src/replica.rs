@@ -55,7 +55,6 @@ pub(crate) struct Replica {
     staged_writes: PendingWrites,
     /// Writes durable in the journal and not yet in the image.
     durable_writes: PendingWrites,
-    scratch: Vec<u8>,
 }
 
 /// Extents and their data, ready to be written into the image.
@@ -201,7 +200,6 @@ impl Replica {
             pending: Vec::new(),
             staged_writes: PendingWrites::default(),
             durable_writes: PendingWrites::default(),
-            scratch: Vec::new(),
         })
     }
 
@@ -346,11 +344,8 @@ impl Replica {
                 return Err(TargetError::BeyondEnd { disk: self.name.clone(), end, size });
             }
         }
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let data = wire::writes_data(&writes, &mut scratch).map_err(wire_error)?;
+        wire::append_writes_data(&writes, &mut self.staged_writes.data).map_err(wire_error)?;
         self.staged_writes.extents.extend_from_slice(&writes.extents);
-        self.staged_writes.data.extend_from_slice(data);
-        self.scratch = scratch;
         Ok(())
     }
 

@@ -128,6 +128,35 @@ pub fn writes_data<'a>(
     }
 }
 
+/// Appends the uncompressed data bytes of a `Writes` frame to `out`, decompressing straight
+/// into it. On error `out` is left as it was.
+pub fn append_writes_data(writes: &Writes<'_>, out: &mut Vec<u8>) -> Result<(), WireError> {
+    match writes.compression {
+        Compression::None => {
+            out.extend_from_slice(writes.payload);
+            Ok(())
+        }
+        Compression::Zstd => {
+            let declared = writes.data_len as usize;
+            assert!(declared <= WRITE_PAYLOAD_BYTES_MAX, "validated at decode");
+            let at = out.len();
+            out.resize(at + declared, 0);
+            let result = zstd::bulk::decompress_to_buffer(writes.payload, &mut out[at..]);
+            match result {
+                Ok(written) if written == declared => Ok(()),
+                Ok(written) => {
+                    out.truncate(at);
+                    Err(WireError::Decompress { declared, reason: format!("got {written} bytes") })
+                }
+                Err(error) => {
+                    out.truncate(at);
+                    Err(WireError::Decompress { declared, reason: error.to_string() })
+                }
+            }
+        }
+    }
+}
+
 /// True when every byte is zero. Compares word-sized chunks so a 64 KiB block costs little.
 pub fn is_zero(data: &[u8]) -> bool {
     let (words, tail) = data.split_at(data.len() - data.len() % 8);

@@ -9,7 +9,9 @@ mod error;
 mod frame;
 pub mod limits;
 
-pub use batch::{block_checksum, compress_batch, is_zero, writes_data, BatchCompressor};
+pub use batch::{
+    append_writes_data, block_checksum, compress_batch, is_zero, writes_data, BatchCompressor,
+};
 pub use conn::{FrameReader, FrameWriter};
 pub use error::WireError;
 pub use frame::*;

@@ -156,6 +156,29 @@ fn lying_zstd_length_is_an_error() {
 }
 
 #[test]
+fn append_decompresses_in_place_and_keeps_output_on_error() {
+    let text = b"replica ".repeat(20_000);
+    let mut packed = Vec::new();
+    assert!(compress_batch(1, &text, &mut packed));
+    let mut writes = Writes {
+        disk_id: 0,
+        seq: 1,
+        compression: Compression::Zstd,
+        data_len: text.len() as u32,
+        extents: vec![Extent { offset: 0, len: text.len() as u32, flags: 0 }],
+        payload: &packed,
+    };
+    let mut out = b"head".to_vec();
+    append_writes_data(&writes, &mut out).unwrap();
+    assert_eq!(&out[..4], b"head");
+    assert_eq!(&out[4..], &text[..]);
+    writes.data_len -= 1;
+    let before = out.clone();
+    assert!(matches!(append_writes_data(&writes, &mut out), Err(WireError::Decompress { .. })));
+    assert_eq!(out, before);
+}
+
+#[test]
 fn zero_detection() {
     assert!(is_zero(&[0u8; 65536]));
     let mut block = vec![0u8; 65537];
