@@ -253,3 +253,83 @@ fn agent_fails_clearly_on_a_missing_source() {
     );
     cluster.relay.assert_running("after an agent with a missing source");
 }
+
+/// With the recovery site down, `agent --once` must end (not hang) with a message that says
+/// the data is safe in the relay's cache; once the target is back, the relay delivers it.
+#[test]
+fn agent_reports_a_stalled_target_and_the_relay_delivers_later() {
+    let mut cluster = Cluster::new("target-down");
+    cluster.relay.start(); // the target is not started: nothing acknowledges at the recovery site
+    let source = cluster.dir.join("disk.img");
+    write_mixed_image(&source, 8 * MIB + 512, 11);
+    let mut agent = cluster.agent("a", &[("disk", &source)]);
+    agent.reconnect_timeout_secs = 3;
+    let finished = agent
+        .spawn_once("agent")
+        .wait(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("agent did not give up on the silent target: {e}"));
+    assert!(
+        !finished.status.success(),
+        "agent succeeded without a target\n{}",
+        finished.describe()
+    );
+    assert!(
+        finished.stderr.contains("the target acknowledged nothing")
+            && finished.stderr.contains("durable in the relay's cache"),
+        "agent's error does not explain the stalled target\n{}",
+        finished.describe()
+    );
+    assert!(!finished.stdout.contains("replica durable at target"), "{}", finished.describe());
+
+    // The relay kept the data: starting the target delivers it without the agent.
+    cluster.target.start();
+    let replica = cluster.replica("disk");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if std::fs::read(&replica).ok() == std::fs::read(&source).ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.assert_replica_identical(&source, "disk", "relay delivered its cache to a late target");
+}
+
+/// A relay whose cache fills while the target is down pauses its agents (it never drops or
+/// overwrites acknowledged data), says so in its log, and resumes when the target drains it.
+#[test]
+fn full_cache_pauses_agents_until_the_target_drains_it() {
+    let mut cluster = Cluster::new("cache-full");
+    let config = cluster.dir.join("small-cache.toml");
+    fs::write(&config, "[relay]\ncache_bytes_max = \"64MiB\"\nsegment_bytes = \"4MiB\"\n")
+        .expect("write config");
+    let config_arg = config.to_str().expect("utf-8 path").to_string();
+    cluster.relay = Server::relay_with(
+        cluster.target.addr(),
+        &cluster.dir.join("relay-cache"),
+        &cluster.dir.subdir("logs"),
+        &["--config", &config_arg],
+    );
+    cluster.relay.start();
+    // Random data does not compress: 160 MiB cannot fit the 64 MiB cache.
+    let source = cluster.dir.join("disk.img");
+    let mut data = vec![0u8; 160 * MIB as usize];
+    Rng::new(77).fill(&mut data);
+    fs::write(&source, &data).expect("write image");
+    drop(data);
+    let agent = cluster.agent("a", &[("disk", &source)]);
+    let running = agent.spawn_once("agent");
+    cluster
+        .relay
+        .wait_log_since(0, Duration::from_secs(60), |log| log.contains("cache full"))
+        .unwrap_or_else(|log| panic!("relay never reported a full cache:\n{log}"));
+    let cache_bytes: u64 = fs::read_dir(cluster.dir.join("relay-cache"))
+        .expect("cache dir")
+        .filter_map(|entry| entry.ok()?.metadata().ok())
+        .map(|metadata| metadata.len())
+        .sum();
+    assert!(cache_bytes <= 80 * MIB, "cache holds {cache_bytes} bytes, over its 64 MiB limit");
+    cluster.target.start();
+    let finished = running.wait(AGENT_TIMEOUT);
+    cluster.expect_agent_success("sync through a full cache", finished);
+    cluster.assert_replica_identical(&source, "disk", "after the cache drained");
+}

@@ -11,6 +11,8 @@ pub enum AgentError {
     },
     #[error("relay {addr} unreachable for {seconds} s (last error: {last_error}); giving up")]
     RelayUnreachable { addr: std::net::SocketAddr, seconds: u64, last_error: String },
+    #[error("the target acknowledged nothing for {seconds} s; {frames} frames are durable in the relay's cache and the relay keeps forwarding them (check the relay's status and its link to the target)")]
+    TargetStalled { frames: u64, seconds: u64 },
     #[error("relay refused: {0}")]
     Refused(String),
     #[error("protocol error from relay: {0}")]

@@ -277,9 +277,31 @@ impl Link {
     }
 
     /// Waits until every frame sent for every disk is durable at the target.
+    /// Gives up, with the data safe in the relay's cache, when the target acknowledges nothing
+    /// for `reconnect_timeout`: `--once` must end, not hang on an unreachable recovery site.
     pub(crate) fn wait_replicated(&mut self) -> Result<(), AgentError> {
+        let replicated = |link: &Link| link.windows.iter().map(|w| w.replicated_seq).sum::<u64>();
+        let mut last_progress = Instant::now();
+        let mut seen = replicated(self);
         while self.windows.iter().any(|window| window.replicated_seq + 1 < window.next_seq) {
             self.wait_event(Duration::from_secs(1))?;
+            let now_replicated = replicated(self);
+            if now_replicated != seen {
+                seen = now_replicated;
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() >= self.reconnect_timeout {
+                let pending: u64 = self
+                    .windows
+                    .iter()
+                    .map(|window| {
+                        window.next_seq.saturating_sub(1).saturating_sub(window.replicated_seq)
+                    })
+                    .sum();
+                return Err(AgentError::TargetStalled {
+                    frames: pending,
+                    seconds: self.reconnect_timeout.as_secs(),
+                });
+            }
         }
         Ok(())
     }

@@ -178,6 +178,8 @@ pub struct Relay {
     ready: BTreeMap<u64, Ready>,
     pool_jobs_max: usize,
     next_heartbeat: Instant,
+    /// Intake is paused because the cache reached `cache_bytes_max` (logged on each change).
+    cache_full: bool,
     pub(crate) started: Instant,
 }
 
@@ -229,6 +231,7 @@ impl Relay {
             ready: BTreeMap::new(),
             pool_jobs_max: threads + 1,
             next_heartbeat: Instant::now(),
+            cache_full: false,
             started: Instant::now(),
         })
     }
@@ -1144,9 +1147,19 @@ impl Relay {
 
     /// Arms receives and sends, applies backpressure, and retires closed connections.
     fn pump_conns(&mut self) -> Result<(), RelayError> {
+        let cache_full = self.cache.bytes_used() >= self.cache.bytes_max;
+        if cache_full != self.cache_full {
+            self.cache_full = cache_full;
+            let (used, max) = (self.cache.bytes_used(), self.cache.bytes_max);
+            if cache_full {
+                log::warn!("cache full ({used} of {max} bytes): agents wait until the target acknowledges and segments are freed");
+            } else {
+                log::info!("cache has room again ({used} of {max} bytes): agents resume");
+            }
+        }
         let throttled = self.cache.pending.len() >= self.options.group_commit_bytes_max
             || self.pool.in_flight + self.ready.len() >= self.pool_jobs_max
-            || self.cache.bytes_used() >= self.cache.bytes_max;
+            || cache_full;
         let mut retired = Vec::new();
         for (&id, conn) in self.conns.iter_mut() {
             if conn.send_in_flight == 0 && !conn.outbox.is_empty() {
