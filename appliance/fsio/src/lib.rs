@@ -96,3 +96,24 @@ pub fn recv_queued(stream: &std::net::TcpStream, buf: &mut [u8]) -> io::Result<u
     }
     Ok(received as usize)
 }
+
+/// How long a restarted role waits for its port: after a crash the kernel can hold the old
+/// listening socket for a moment (the relay's, while its io_uring accept is torn down), and a
+/// service manager restarting at once must not fail on that.
+const BIND_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Binds a listener, retrying briefly while the address is still in use.
+pub fn bind_listener(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+    let started = std::time::Instant::now();
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Err(error)
+                if error.kind() == io::ErrorKind::AddrInUse
+                    && started.elapsed() < BIND_RETRY_FOR =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            result => return result,
+        }
+    }
+}

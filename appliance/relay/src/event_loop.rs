@@ -200,7 +200,7 @@ impl Relay {
             options.cache_bytes_max,
             &mut disks,
         )?;
-        let listener = TcpListener::bind(options.listen)
+        let listener = fsio::bind_listener(options.listen)
             .map_err(|source| RelayError::Listen { addr: options.listen, source })?;
         let forward = Forward {
             segment: cache.segments.front().map_or(0, |segment| segment.index),

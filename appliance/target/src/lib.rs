@@ -140,7 +140,7 @@ pub struct Target {
 impl Target {
     pub fn bind(options: &TargetOptions) -> Result<Target, TargetError> {
         let store = Arc::new(Store::open(&options.data_dir)?);
-        let listener = TcpListener::bind(options.listen)
+        let listener = fsio::bind_listener(options.listen)
             .map_err(|source| TargetError::Listen { addr: options.listen, source })?;
         Ok(Target { listener, store, group_commit_bytes_max: options.group_commit_bytes_max })
     }

@@ -91,7 +91,12 @@ fn run(stream: TcpStream, store: &Store, staged_bytes_max: usize) -> Result<(), 
                 session.checkpoint_if_idle()?;
                 continue;
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => {
+                // The peer is gone; still commit what it sent, so a retransmission finds it
+                // durable (best effort: the ack cannot be delivered).
+                let _ = session.flush();
+                return Err(error.into());
+            }
         };
         reader.feed(&buf[..received]);
         let result = drain_frames(&mut session, &mut reader)
@@ -242,7 +247,12 @@ impl Session<'_> {
         let mut replica = replica.lock().expect("replica lock");
         let expected = replica.staged_seq + 1;
         if seq < expected {
-            return Ok(()); // A retransmission after reconnect: already durable or staged.
+            // A retransmission after a reconnect. If an earlier session staged it but died
+            // before its group commit, this session commits it, or it would never be acked.
+            if seq > replica.durable_seq {
+                self.staged.insert(disk_id);
+            }
+            return Ok(());
         }
         if seq > expected {
             let message =
@@ -290,7 +300,8 @@ impl Session<'_> {
         }))
     }
 
-    /// Journal, fdatasync, ack, apply: in that order, so an ack always means durable.
+    /// Journal, fdatasync, apply, ack: an ack means durable, and the replica image already
+    /// shows the data (so a `cmp` right after `agent --once` compares what it should).
     fn flush(&mut self) -> Result<(), SessionError> {
         let staged = std::mem::take(&mut self.staged);
         self.staged_bytes = 0;
@@ -298,22 +309,16 @@ impl Session<'_> {
         for &disk_id in &staged {
             let mut replica = self.disks[&disk_id].lock().expect("replica lock");
             replica.flush_journal()?;
+            replica.apply_durable()?;
+            if replica.wants_checkpoint() {
+                replica.checkpoint()?;
+            }
             let durable = replica.durable_seq;
             acks.push(AckEntry { disk_id, durable_seq: durable, replicated_seq: durable });
         }
         if !acks.is_empty() {
             self.push(&Frame::Ack(acks))?;
         }
-        // Apply even if the peer is gone: what was acked must reach the image.
-        let sent = self.send();
-        for disk_id in &staged {
-            let mut replica = self.disks[disk_id].lock().expect("replica lock");
-            replica.apply_durable()?;
-            if replica.wants_checkpoint() {
-                replica.checkpoint()?;
-            }
-        }
-        sent?;
         self.send()
     }
 
