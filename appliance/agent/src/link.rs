@@ -16,6 +16,8 @@ use crate::error::AgentError;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
+/// Acknowledged frame buffers kept for reuse.
+const SPARE_FRAMES_MAX: usize = 8;
 
 #[derive(Debug, Clone)]
 pub(crate) struct LinkDisk {
@@ -58,6 +60,7 @@ pub(crate) struct Link {
     open_requests: HashMap<u64, (usize, Vec<u8>)>,
     answers: HashMap<u64, Vec<u8>>,
     next_request_id: u64,
+    spare_frames: Vec<Vec<u8>>,
 }
 
 impl Link {
@@ -82,6 +85,7 @@ impl Link {
             open_requests: HashMap::new(),
             answers: HashMap::new(),
             next_request_id: 1,
+            spare_frames: Vec::new(),
         };
         link.reconnect()?;
         Ok(link)
@@ -197,6 +201,9 @@ impl Link {
             while window.unacked.front().is_some_and(|(seq, _)| *seq <= window.durable_seq) {
                 let (_, frame) = window.unacked.pop_front().expect("front checked");
                 self.window_bytes -= frame.len();
+                if self.spare_frames.len() < SPARE_FRAMES_MAX {
+                    self.spare_frames.push(frame);
+                }
             }
         }
     }
@@ -209,6 +216,14 @@ impl Link {
                 let _ = stream.shutdown(Shutdown::Both);
             }
         }
+    }
+
+    /// An empty buffer for the next frame, recycled from acknowledged ones: a fresh 1 MiB
+    /// allocation per frame would map and fault in new pages every time.
+    pub(crate) fn take_frame_buffer(&mut self) -> Vec<u8> {
+        let mut buf = self.spare_frames.pop().unwrap_or_default();
+        buf.clear();
+        buf
     }
 
     pub(crate) fn next_seq(&mut self, disk: usize) -> u64 {

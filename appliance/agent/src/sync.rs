@@ -82,7 +82,7 @@ impl FrameBuilder {
             return Ok(());
         }
         let seq = link.next_seq(self.disk);
-        let mut bytes = Vec::with_capacity(self.payload.len() + self.extents.len() * 16 + 64);
+        let mut bytes = link.take_frame_buffer();
         Frame::Writes(Writes {
             disk_id: self.disk as u32,
             seq,
