@@ -117,3 +117,15 @@ pub fn bind_listener(addr: std::net::SocketAddr) -> io::Result<std::net::TcpList
         }
     }
 }
+
+/// The indexes of the entries of `dir` whose names `parse` accepts (journal segments), sorted.
+pub fn list_indexed(dir: &Path, parse: fn(&str) -> Option<u64>) -> io::Result<Vec<u64>> {
+    let mut indexes = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        if let Some(index) = entry?.file_name().to_str().and_then(parse) {
+            indexes.push(index);
+        }
+    }
+    indexes.sort_unstable();
+    Ok(indexes)
+}

@@ -223,15 +223,7 @@ fn store_state(dir: &Path, disks: &Disks) -> Result<(), RelayError> {
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>, RelayError> {
-    let mut indexes = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_error("list", dir))? {
-        let entry = entry.map_err(io_error("list", dir))?;
-        if let Some(index) = entry.file_name().to_str().and_then(journal::parse_segment_file_name) {
-            indexes.push(index);
-        }
-    }
-    indexes.sort_unstable();
-    Ok(indexes)
+    fsio::list_indexed(dir, journal::parse_segment_file_name).map_err(io_error("list", dir))
 }
 
 /// Scans one segment in chunks, registering its records with `disks`. A damaged tail is

@@ -424,13 +424,5 @@ impl Replica {
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>, TargetError> {
-    let mut indexes = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_error("list", dir))? {
-        let entry = entry.map_err(io_error("list", dir))?;
-        if let Some(index) = entry.file_name().to_str().and_then(journal::parse_segment_file_name) {
-            indexes.push(index);
-        }
-    }
-    indexes.sort_unstable();
-    Ok(indexes)
+    fsio::list_indexed(dir, journal::parse_segment_file_name).map_err(io_error("list", dir))
 }
