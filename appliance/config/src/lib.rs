@@ -10,7 +10,7 @@
 //! This crate is pure: it never touches files or the network. Callers read
 //! the file and pass its text to [`Config::from_toml`].
 
-#![forbid(unsafe_code)]
+#![forbid(unsafe_code)] // pure crate: parsing and encoding only, no unsafe
 
 mod error;
 mod locate;

@@ -42,7 +42,7 @@
 //! Segment files are named with [`segment_file_name`] and parsed back with
 //! [`parse_segment_file_name`].
 
-#![forbid(unsafe_code)]
+#![forbid(unsafe_code)] // pure crate: parsing and encoding only, no unsafe
 
 mod error;
 mod record;

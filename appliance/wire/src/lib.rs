@@ -1,6 +1,6 @@
 //! siterelay wire protocol v1 (design.md §3): frames, limits, batch helpers and sans-I/O
 //! framing. No sockets, files or clocks here.
-#![forbid(unsafe_code)]
+#![forbid(unsafe_code)] // pure crate: parsing and encoding only, no unsafe
 
 mod batch;
 mod codec;
