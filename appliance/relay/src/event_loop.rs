@@ -585,7 +585,8 @@ impl Relay {
         }
         if writes.compression == Compression::Zstd {
             // Verify now: a batch that does not decompress would poison the cache.
-            wire::writes_data(writes, &mut self.compress_scratch)?;
+            self.compress_scratch.clear();
+            wire::append_writes_data(writes, &mut self.compress_scratch)?;
         }
         // Nothing below fails: a ticket taken must always become ready, or staging stalls.
         let entry = &mut self.disks.list[disk];

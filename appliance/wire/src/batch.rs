@@ -93,41 +93,6 @@ impl BatchCompressor {
     }
 }
 
-/// One-shot form of [`BatchCompressor::compress`].
-pub fn compress_batch(level: i32, data: &[u8], out: &mut Vec<u8>) -> bool {
-    BatchCompressor::new(level).compress(data, out)
-}
-
-/// The uncompressed data bytes of a `Writes` frame, decompressing into `scratch` if needed.
-/// The output is bounded by the frame's `data_len`, itself bounded by the payload limit.
-pub fn writes_data<'a>(
-    writes: &Writes<'a>,
-    scratch: &'a mut Vec<u8>,
-) -> Result<&'a [u8], WireError> {
-    match writes.compression {
-        Compression::None => Ok(writes.payload),
-        Compression::Zstd => {
-            let declared = writes.data_len as usize;
-            assert!(declared <= WRITE_PAYLOAD_BYTES_MAX, "validated at decode");
-            // Every byte up to `declared` is overwritten (checked below), so stale bytes from a
-            // previous batch need no clearing.
-            if scratch.len() < declared {
-                scratch.resize(declared, 0);
-            }
-            scratch.truncate(declared);
-            let written = zstd::bulk::decompress_to_buffer(writes.payload, scratch)
-                .map_err(|error| WireError::Decompress { declared, reason: error.to_string() })?;
-            if written != declared {
-                return Err(WireError::Decompress {
-                    declared,
-                    reason: format!("got {written} bytes"),
-                });
-            }
-            Ok(&scratch[..])
-        }
-    }
-}
-
 /// Appends the uncompressed data bytes of a `Writes` frame to `out`, decompressing straight
 /// into it. On error `out` is left as it was.
 pub fn append_writes_data(writes: &Writes<'_>, out: &mut Vec<u8>) -> Result<(), WireError> {

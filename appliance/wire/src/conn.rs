@@ -1,8 +1,8 @@
-//! Sans-I/O framing of one connection: bytes in, frames out; frames in, bytes out. The event
+//! Sans-I/O framing of one connection: bytes in, frames out. The event
 //! loops own the sockets; TLS can later sit between the socket and this buffer unchanged.
 
 use crate::error::WireError;
-use crate::frame::{split_frame, Frame, RawFrame};
+use crate::frame::{split_frame, RawFrame};
 
 /// Reassembles frames from a byte stream. Memory is bounded by one maximal frame plus one read.
 #[derive(Debug, Default)]
@@ -42,47 +42,6 @@ impl FrameReader {
 
     fn compact(&mut self) {
         if self.start > 0 && self.start * 2 >= self.buf.len() {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-    }
-}
-
-/// Outgoing bytes of one connection.
-#[derive(Debug, Default)]
-pub struct FrameWriter {
-    buf: Vec<u8>,
-    start: usize,
-}
-
-impl FrameWriter {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn push(&mut self, frame: &Frame<'_>) -> Result<(), WireError> {
-        frame.encode(&mut self.buf)
-    }
-    /// Appends bytes that already form whole frames.
-    pub fn push_encoded(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
-    /// Gives direct access for `encode_raw_frame`.
-    pub fn buffer_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.buf
-    }
-    pub fn pending(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-    pub fn pending_len(&self) -> usize {
-        self.buf.len() - self.start
-    }
-    pub fn advance(&mut self, sent: usize) {
-        assert!(self.start + sent <= self.buf.len(), "advance past pending bytes");
-        self.start += sent;
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        } else if self.start > (1 << 20) && self.start * 2 >= self.buf.len() {
             self.buf.drain(..self.start);
             self.start = 0;
         }

@@ -310,13 +310,6 @@ impl Frame<'_> {
         Ok(())
     }
 
-    /// Appends only the body (no header), after the same limit checks as `encode`.
-    pub fn encode_body_only(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
-        self.validate()?;
-        self.encode_body(&mut FieldWriter { out });
-        Ok(())
-    }
-
     fn encode_body(&self, w: &mut FieldWriter<'_>) {
         match self {
             Frame::Hello(hello) => {

@@ -9,10 +9,8 @@ mod error;
 mod frame;
 pub mod limits;
 
-pub use batch::{
-    append_writes_data, block_checksum, compress_batch, is_zero, writes_data, BatchCompressor,
-};
-pub use conn::{FrameReader, FrameWriter};
+pub use batch::{append_writes_data, block_checksum, is_zero, BatchCompressor};
+pub use conn::FrameReader;
 pub use error::WireError;
 pub use frame::*;
 

@@ -1,6 +1,10 @@
 use super::*;
 use proptest::prelude::*;
 
+fn compress_batch(level: i32, data: &[u8], out: &mut Vec<u8>) -> bool {
+    BatchCompressor::new(level).compress(data, out)
+}
+
 fn encode(frame: &Frame<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     frame.encode(&mut out).expect("valid frame encodes");
@@ -123,8 +127,9 @@ fn compression_round_trip_and_skip() {
         extents: vec![Extent { offset: 0, len: text.len() as u32, flags: 0 }],
         payload: &packed,
     };
-    let mut scratch = Vec::new();
-    assert_eq!(writes_data(&writes, &mut scratch).unwrap(), &text[..]);
+    let mut data = Vec::new();
+    append_writes_data(&writes, &mut data).unwrap();
+    assert_eq!(data, text);
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let random: Vec<u8> = (0..65536)
         .map(|_| {
@@ -152,7 +157,10 @@ fn lying_zstd_length_is_an_error() {
         extents: vec![Extent { offset: 0, len: 1000, flags: 0 }],
         payload: &packed,
     };
-    assert!(matches!(writes_data(&writes, &mut Vec::new()), Err(WireError::Decompress { .. })));
+    assert!(matches!(
+        append_writes_data(&writes, &mut Vec::new()),
+        Err(WireError::Decompress { .. })
+    ));
 }
 
 #[test]
@@ -261,7 +269,7 @@ proptest! {
         if let Ok(Some((Frame::Writes(writes), _))) = decode_frame(&bytes) {
             prop_assert!(writes.extents.len() <= limits::EXTENTS_PER_WRITES_MAX);
             let mut scratch = Vec::new();
-            let _ = writes_data(&writes, &mut scratch);
+            let _ = append_writes_data(&writes, &mut scratch);
             prop_assert!(scratch.capacity() <= limits::WRITE_PAYLOAD_BYTES_MAX.max(64));
         }
     }
