@@ -168,7 +168,6 @@ pub struct Relay {
     flush: Option<Flush>,
     forward: Forward,
     target: TargetLink,
-    record_scratch: Vec<u8>,
     compress_scratch: Vec<u8>,
     pool: Pool,
     /// Tickets order records between the pool and the cache: `next_ticket` is handed out on
@@ -223,7 +222,6 @@ impl Relay {
                 failures: 0,
                 attached: HashMap::new(),
             },
-            record_scratch: Vec::new(),
             compress_scratch: Vec::new(),
             pool,
             next_ticket: 0,
@@ -405,7 +403,8 @@ impl Relay {
             }
             (ConnRole::Agent, Frame::ChecksumRequest(request)) => {
                 let disk = self.agent_disk(id, request.disk_id)?;
-                self.stage_record(disk, None, FrameType::ChecksumRequest, raw.body)
+                self.stage_record(disk, None, FrameType::ChecksumRequest, raw.body, 0);
+                Ok(())
             }
             (ConnRole::Agent, Frame::DiskState(state)) => {
                 let disk = self.agent_disk(id, state.disk_id)?;
@@ -592,34 +591,33 @@ impl Relay {
         let entry = &mut self.disks.list[disk];
         entry.bytes_received += u64::from(writes.data_len);
         entry.received_seq = writes.seq;
+        if writes.compression == Compression::None
+            && writes.data_len > 0
+            && self.options.compression_level > 0
+        {
+            let ticket = self.take_ticket();
+            let stored_prefix = self.stored_prefix(disk);
+            let mut job_body = self.pool.buffers.take();
+            job_body.extend_from_slice(body);
+            self.pool.submit(Job { ticket, disk, seq: writes.seq, stored_prefix, body: job_body });
+            return Ok(());
+        }
+        let payload_bytes = writes.payload.len();
+        self.stage_record(disk, Some(writes.seq), FrameType::Writes, body, payload_bytes);
+        Ok(())
+    }
+
+    /// The disk's identity as stored in front of each of its cache records.
+    fn stored_prefix(&self, disk: usize) -> Vec<u8> {
+        let entry = &self.disks.list[disk];
         let info = DiskInfo {
             name: &entry.name,
             generation: entry.generation,
             size_bytes: entry.size_bytes,
         };
-        let mut stored = Vec::with_capacity(128);
-        wire::encode_stored(&info, &[], &mut stored).expect("registered disk names are valid");
-        let ticket = self.take_ticket();
-        if writes.compression == Compression::None
-            && writes.data_len > 0
-            && self.options.compression_level > 0
-        {
-            let mut job_body = self.pool.buffers.take();
-            job_body.extend_from_slice(body);
-            let job = Job { ticket, disk, seq: writes.seq, stored_prefix: stored, body: job_body };
-            self.pool.submit(job);
-            return Ok(());
-        }
-        let mut record = self.pool.buffers.take();
-        let start = journal::begin_record(FrameType::Writes as u8, &mut record);
-        record.extend_from_slice(&stored);
-        record.extend_from_slice(body);
-        journal::seal_record(&mut record, start).expect("a valid frame body fits a journal record");
-        let stored_payload_bytes = writes.payload.len();
-        let ready = Ready { disk, seq: Some(writes.seq), record, stored_payload_bytes };
-        self.ready.insert(ticket, ready);
-        self.stage_in_order();
-        Ok(())
+        let mut prefix = Vec::with_capacity(128);
+        wire::encode_stored(&info, &[], &mut prefix).expect("registered disk names are valid");
+        prefix
     }
 
     fn take_ticket(&mut self) -> u64 {
@@ -690,31 +688,28 @@ impl Relay {
             return Ok(());
         }
         self.disks.list[disk].received_seq = seq;
-        self.stage_record(disk, Some(seq), frame_type, body)
+        self.stage_record(disk, Some(seq), frame_type, body, 0);
+        Ok(())
     }
 
+    /// Queues a record that needs no compression (checked frames only: it cannot fail).
     fn stage_record(
         &mut self,
         disk: usize,
         seq: Option<u64>,
         frame_type: FrameType,
         body: &[u8],
-    ) -> Result<(), ConnError> {
-        let entry = &self.disks.list[disk];
-        let info = DiskInfo {
-            name: &entry.name,
-            generation: entry.generation,
-            size_bytes: entry.size_bytes,
-        };
-        self.record_scratch.clear();
-        wire::encode_stored(&info, body, &mut self.record_scratch)?;
+        stored_payload_bytes: usize,
+    ) {
+        let prefix = self.stored_prefix(disk);
         let mut record = self.pool.buffers.take();
-        journal::encode_record(frame_type as u8, &self.record_scratch, &mut record)
-            .map_err(|error| protocol(error_code::LIMIT, error.to_string()))?;
+        let start = journal::begin_record(frame_type as u8, &mut record);
+        record.extend_from_slice(&prefix);
+        record.extend_from_slice(body);
+        journal::seal_record(&mut record, start).expect("a frame body fits a journal record");
         let ticket = self.take_ticket();
-        self.ready.insert(ticket, Ready { disk, seq, record, stored_payload_bytes: 0 });
+        self.ready.insert(ticket, Ready { disk, seq, record, stored_payload_bytes });
         self.stage_in_order();
-        Ok(())
     }
 
     /// Group commit: everything staged since the last commit goes in one write and one
