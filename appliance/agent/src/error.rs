@@ -21,6 +21,12 @@ pub enum AgentError {
     RelayLostData { disk: String, relay_seq: u64, needed: u64 },
     #[error("bad state file {}: {reason}", path.display())]
     State { path: PathBuf, reason: String },
+    #[error("stopped")]
+    Stopped,
+    #[error("NBD write tap: {0}")]
+    Tap(String),
+    #[error("disk {disk}: {reason}")]
+    Disk { disk: String, reason: String },
     #[error("{0}")]
     Wire(#[from] wire::WireError),
 }

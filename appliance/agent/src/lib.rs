@@ -3,18 +3,26 @@
 //! payload); later runs compare block checksums with the replica and send only what differs.
 //! Continuous capture through the NBD write tap builds on this.
 
+mod capture;
+mod continuous;
+mod dirtymap;
 mod error;
 mod link;
+mod listener;
 mod state;
 mod sync;
+mod tap;
 
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
+pub use continuous::{run_continuous, CaptureOptions, TapAddr};
 pub use error::AgentError;
-use link::{Link, LinkDisk};
+use link::{Link, LinkDisk, LinkPolicy};
 use sync::{DiskSync, SyncLimits};
 
 #[derive(Debug, Clone)]
@@ -87,6 +95,48 @@ struct OpenDisk {
 
 /// Syncs every disk once and returns when all of them are durable at the target.
 pub fn sync_once(options: &AgentOptions) -> Result<Vec<DiskReport>, AgentError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (mut link, mut disks) = connect_for_sync(options, options.reconnect_timeout, &stop)?;
+    sync_disks(options, &mut link, &mut disks, &stop)
+}
+
+/// The scan source (design.md §1): for disks that cannot be tapped, a checksum scan every
+/// `interval` sends only the blocks that changed. Runs until `stop` is set.
+pub fn run_scan(
+    options: &AgentOptions,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+    mut on_scan: impl FnMut(&DiskReport),
+) -> Result<(), AgentError> {
+    let result = (|| {
+        let (mut link, mut disks) = connect_for_sync(options, Duration::MAX, &stop)?;
+        loop {
+            for report in sync_disks(options, &mut link, &mut disks, &stop)? {
+                on_scan(&report);
+            }
+            for disk in &mut disks {
+                disk.mode = SyncMode::Resync;
+            }
+            let next = std::time::Instant::now() + interval;
+            while std::time::Instant::now() < next {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(());
+                }
+                link.poll(Duration::from_millis(100))?;
+            }
+        }
+    })();
+    match result {
+        Err(AgentError::Stopped) => Ok(()),
+        other => other,
+    }
+}
+
+fn connect_for_sync(
+    options: &AgentOptions,
+    reconnect_timeout: Duration,
+    stop: &Arc<AtomicBool>,
+) -> Result<(Link, Vec<OpenDisk>), AgentError> {
     let mut disks = Vec::with_capacity(options.disks.len());
     for source in &options.disks {
         disks.push(open_disk(options, source)?);
@@ -100,14 +150,22 @@ pub fn sync_once(options: &AgentOptions) -> Result<Vec<DiskReport>, AgentError> 
             size_bytes: disk.size_bytes,
         })
         .collect();
-    let node_id = hostname();
-    let mut link = Link::connect(
-        options.relay,
-        node_id,
-        link_disks,
-        options.window_bytes,
-        options.reconnect_timeout,
-    )?;
+    let policy = LinkPolicy {
+        window_bytes_max: options.window_bytes,
+        reconnect_timeout,
+        up: Arc::new(AtomicBool::new(false)),
+        stop: Arc::clone(stop),
+    };
+    let link = Link::connect(options.relay, hostname(), link_disks, policy)?;
+    Ok((link, disks))
+}
+
+fn sync_disks(
+    options: &AgentOptions,
+    link: &mut Link,
+    disks: &mut [OpenDisk],
+    stop: &AtomicBool,
+) -> Result<Vec<DiskReport>, AgentError> {
     let limits = SyncLimits {
         block_bytes: options.block_bytes,
         read_chunk_bytes: options.read_chunk_bytes,
@@ -115,17 +173,23 @@ pub fn sync_once(options: &AgentOptions) -> Result<Vec<DiskReport>, AgentError> 
     };
     let mut reports = Vec::with_capacity(disks.len());
     for (index, disk) in disks.iter_mut().enumerate() {
-        let progress = progress_bar(options.progress, disk);
-        let report = DiskSync {
-            link: &mut link,
+        let progress =
+            progress_bar(options.progress, &disk.source.name, disk.size_bytes, disk.mode);
+        let mut report = DiskSync {
+            link,
             disk: index,
             name: &disk.source.name,
             source: &disk.file,
             size_bytes: disk.size_bytes,
             limits,
             progress: &progress,
+            stop,
         }
         .run(disk.mode)?;
+        link.wait_replicated()?;
+        let size = disk.size_bytes;
+        sync::report_state(link, index, wire::DiskStateKind::Protected, size, size)?;
+        report.replicated_seq = link.replicated_seq(index);
         progress.finish_and_clear();
         disk.state.synced = true;
         state::store(&disk.state_path, &disk.state)?;
@@ -157,11 +221,7 @@ fn open_disk(options: &AgentOptions, source: &DiskSource) -> Result<OpenDisk, Ag
             (existing, SyncMode::Resync)
         }
         None => {
-            let fresh = state::DiskStateFile {
-                generation: wire::generation_to_hex(&state::new_generation()),
-                source: source.path.clone(),
-                synced: false,
-            };
+            let fresh = state::DiskStateFile::new(source.path.clone(), size_bytes);
             // Persist the generation before any byte leaves, so a crash cannot fork history.
             state::store(&state_path, &fresh)?;
             (fresh, SyncMode::Full)
@@ -170,12 +230,17 @@ fn open_disk(options: &AgentOptions, source: &DiskSource) -> Result<OpenDisk, Ag
     Ok(OpenDisk { source: source.clone(), file, size_bytes, mode, state_path, state })
 }
 
-fn progress_bar(enabled: bool, disk: &OpenDisk) -> indicatif::ProgressBar {
+fn progress_bar(
+    enabled: bool,
+    name: &str,
+    size_bytes: u64,
+    mode: SyncMode,
+) -> indicatif::ProgressBar {
     if !enabled {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::new(disk.size_bytes);
-    let verb = match disk.mode {
+    let bar = indicatif::ProgressBar::new(size_bytes);
+    let verb = match mode {
         SyncMode::Full => "initial sync",
         SyncMode::Resync => "resync",
     };
@@ -186,7 +251,7 @@ fn progress_bar(enabled: bool, disk: &OpenDisk) -> indicatif::ProgressBar {
         .expect("static template")
         .progress_chars("=> "),
     );
-    bar.set_prefix(format!("{} {verb}", disk.source.name));
+    bar.set_prefix(format!("{name} {verb}"));
     bar
 }
 

@@ -6,7 +6,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wire::{Frame, FrameReader, Generation, Role};
@@ -61,6 +63,20 @@ pub(crate) struct Link {
     answers: HashMap<u64, Vec<u8>>,
     next_request_id: u64,
     spare_frames: Vec<Vec<u8>>,
+    /// Set while connected; the write tap reads it to bypass the buffer while the relay is away.
+    up: Arc<AtomicBool>,
+    /// Set when the agent is shutting down: reconnecting stops.
+    stop: Arc<AtomicBool>,
+}
+
+/// How a link behaves when the relay is away.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkPolicy {
+    pub(crate) window_bytes_max: usize,
+    /// Give up reconnecting after this long (`Duration::MAX`: never).
+    pub(crate) reconnect_timeout: Duration,
+    pub(crate) up: Arc<AtomicBool>,
+    pub(crate) stop: Arc<AtomicBool>,
 }
 
 impl Link {
@@ -68,8 +84,7 @@ impl Link {
         addr: SocketAddr,
         node_id: String,
         disks: Vec<LinkDisk>,
-        window_bytes_max: usize,
-        reconnect_timeout: Duration,
+        policy: LinkPolicy,
     ) -> Result<Link, AgentError> {
         let windows = disks.iter().map(|_| DiskWindow::default()).collect();
         let mut link = Link {
@@ -78,14 +93,16 @@ impl Link {
             disks,
             windows,
             window_bytes: 0,
-            window_bytes_max,
-            reconnect_timeout,
+            window_bytes_max: policy.window_bytes_max,
+            reconnect_timeout: policy.reconnect_timeout,
             stream: None,
             events: None,
             open_requests: HashMap::new(),
             answers: HashMap::new(),
             next_request_id: 1,
             spare_frames: Vec::new(),
+            up: policy.up,
+            stop: policy.stop,
         };
         link.reconnect()?;
         Ok(link)
@@ -93,6 +110,7 @@ impl Link {
 
     /// (Re)establishes the connection, retrying until `reconnect_timeout` has passed.
     fn reconnect(&mut self) -> Result<(), AgentError> {
+        self.up.store(false, Ordering::Relaxed);
         if let Some(stream) = self.stream.take() {
             let _ = stream.shutdown(Shutdown::Both);
         }
@@ -100,8 +118,14 @@ impl Link {
         let started = Instant::now();
         let mut attempts = 0u32;
         loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(AgentError::Stopped);
+            }
             let error = match self.try_connect() {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.up.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Err(error @ (AgentError::Refused(_) | AgentError::RelayLostData { .. })) => {
                     return Err(error)
                 }
@@ -325,6 +349,25 @@ impl Link {
         self.windows[disk].replicated_seq
     }
 
+    /// Highest sequence durable in the relay's cache.
+    pub(crate) fn durable_seq(&self, disk: usize) -> u64 {
+        self.windows[disk].durable_seq
+    }
+
+    /// The sequence the next frame of `disk` will get.
+    pub(crate) fn peek_next_seq(&self, disk: usize) -> u64 {
+        self.windows[disk].next_seq
+    }
+
+    /// Handles every event already waiting, and waits up to `timeout` for the first.
+    pub(crate) fn poll(&mut self, timeout: Duration) -> Result<(), AgentError> {
+        self.wait_event(timeout)?;
+        while let Some(event) = self.events.as_ref().and_then(|events| events.try_recv().ok()) {
+            self.handle_event(event)?;
+        }
+        Ok(())
+    }
+
     /// Handles at most one event, reconnecting if the connection dropped.
     fn wait_event(&mut self, timeout: Duration) -> Result<(), AgentError> {
         let event = match self.events.as_ref() {
@@ -335,6 +378,10 @@ impl Link {
             },
             None => Event::Closed("not connected".into()),
         };
+        self.handle_event(event)
+    }
+
+    fn handle_event(&mut self, event: Event) -> Result<(), AgentError> {
         match event {
             Event::Ack(entries) => self.on_ack(&entries),
             Event::Checksums { request_id, sums } => {

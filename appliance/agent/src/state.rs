@@ -13,11 +13,43 @@ pub(crate) struct DiskStateFile {
     pub(crate) generation: String,
     pub(crate) source: PathBuf,
     /// True once a sync of this generation completed: the replica then matches a past state.
+    #[serde(default)]
     pub(crate) synced: bool,
+    /// Set by a clean shutdown of continuous capture (the bitmap then lists every write the
+    /// relay does not hold), cleared when capture starts: false after a crash.
+    #[serde(default)]
+    pub(crate) clean_shutdown: bool,
+    /// The source's size when capture last ran; a change forces a resync.
+    #[serde(default)]
+    pub(crate) size_bytes: Option<u64>,
+}
+
+impl DiskStateFile {
+    pub(crate) fn new(source: PathBuf, size_bytes: u64) -> DiskStateFile {
+        DiskStateFile {
+            generation: wire::generation_to_hex(&new_generation()),
+            source,
+            synced: false,
+            clean_shutdown: false,
+            size_bytes: Some(size_bytes),
+        }
+    }
+
+    pub(crate) fn generation_bytes(&self, path: &Path) -> Result<Generation, AgentError> {
+        wire::generation_from_hex(&self.generation).ok_or_else(|| AgentError::State {
+            path: path.to_path_buf(),
+            reason: "generation is not 32 hex digits".into(),
+        })
+    }
 }
 
 pub(crate) fn state_path(state_dir: &Path, disk: &str) -> PathBuf {
     state_dir.join(format!("{disk}.json"))
+}
+
+/// The persistent dirty bitmap of a disk (see `dirtymap`).
+pub(crate) fn bitmap_path(state_dir: &Path, disk: &str) -> PathBuf {
+    state_dir.join(format!("{disk}.dirty"))
 }
 
 pub(crate) fn load(path: &Path) -> Result<Option<DiskStateFile>, AgentError> {

@@ -105,6 +105,8 @@ pub(crate) struct DiskSync<'a> {
     pub(crate) size_bytes: u64,
     pub(crate) limits: SyncLimits,
     pub(crate) progress: &'a indicatif::ProgressBar,
+    /// Checked between chunks: a shutdown interrupts a long sync.
+    pub(crate) stop: &'a std::sync::atomic::AtomicBool,
 }
 
 impl DiskSync<'_> {
@@ -128,6 +130,9 @@ impl DiskSync<'_> {
         let mut next_request_offset = 0u64;
         let mut offset = 0u64;
         while offset < self.size_bytes {
+            if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(AgentError::Stopped);
+            }
             let len = (self.size_bytes - offset).min(chunk.len() as u64) as usize;
             let sums = if mode == SyncMode::Resync {
                 while pending_requests.len() < CHECKSUM_REQUESTS_AHEAD
@@ -174,10 +179,7 @@ impl DiskSync<'_> {
             }
         }
         builder.emit(self.link)?;
-        self.link.wait_replicated()?;
-        self.report_state(DiskStateKind::Protected, self.size_bytes)?;
         report.seconds = started.elapsed().as_secs_f64();
-        report.replicated_seq = self.link.replicated_seq(self.disk);
         Ok(report)
     }
 
@@ -190,11 +192,22 @@ impl DiskSync<'_> {
     }
 
     fn report_state(&mut self, state: DiskStateKind, done_bytes: u64) -> Result<(), AgentError> {
-        self.link.send_unsequenced(&Frame::DiskState(wire::DiskState {
-            disk_id: self.disk as u32,
-            state,
-            done_bytes,
-            total_bytes: self.size_bytes,
-        }))
+        report_state(self.link, self.disk, state, done_bytes, self.size_bytes)
     }
+}
+
+/// Tells the relay (and through it `status`) where a disk stands.
+pub(crate) fn report_state(
+    link: &mut Link,
+    disk: usize,
+    state: DiskStateKind,
+    done_bytes: u64,
+    total_bytes: u64,
+) -> Result<(), AgentError> {
+    link.send_unsequenced(&Frame::DiskState(wire::DiskState {
+        disk_id: disk as u32,
+        state,
+        done_bytes,
+        total_bytes,
+    }))
 }

@@ -172,8 +172,20 @@ pub struct AgentConfig {
     /// Unacknowledged bytes allowed in flight.
     #[serde(deserialize_with = "size::deserialize")]
     pub window_bytes: u64,
-    /// Give up after the relay was unreachable this long, in seconds.
+    /// Give up after the relay was unreachable this long, in seconds (one-shot syncs; the
+    /// continuous agent keeps retrying and records writes in its dirty bitmap meanwhile).
     pub reconnect_timeout_secs: u32,
+    /// Captured write payload held in memory for replication; beyond it, writes are recorded
+    /// in the dirty bitmap and read back from the source later.
+    #[serde(deserialize_with = "size::deserialize")]
+    pub capture_buffer_bytes: u64,
+    /// Granularity of the persistent dirty bitmap, in bytes.
+    #[serde(deserialize_with = "size::deserialize")]
+    pub dirty_grain_bytes: u64,
+    /// Concurrent NBD client connections served by the write tap.
+    pub nbd_connections_max: u32,
+    /// Seconds between checksum scans in `--mode scan`.
+    pub scan_interval_secs: u32,
     /// Disks to protect (`[[agent.disk]]`).
     #[serde(rename = "disk")]
     pub disks: Vec<DiskConfig>,
@@ -189,6 +201,10 @@ impl Default for AgentConfig {
             frame_payload_bytes: MIB,
             window_bytes: 64 * MIB,
             reconnect_timeout_secs: 120,
+            capture_buffer_bytes: 64 * MIB,
+            dirty_grain_bytes: 64 * KIB,
+            nbd_connections_max: 16,
+            scan_interval_secs: 300,
             disks: Vec::new(),
         }
     }

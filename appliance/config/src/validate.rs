@@ -70,6 +70,10 @@ fn validate_agent(agent: &AgentConfig) -> Result<(), ConfigError> {
     check_size_range("agent.frame_payload_bytes", agent.frame_payload_bytes, 64 * KIB, 8 * MIB)?;
     check_window(agent)?;
     check_count_range("agent.reconnect_timeout_secs", agent.reconnect_timeout_secs, 1, 86_400)?;
+    check_size_range("agent.capture_buffer_bytes", agent.capture_buffer_bytes, MIB, 4 * GIB)?;
+    check_power_of_two_size("agent.dirty_grain_bytes", agent.dirty_grain_bytes, 4 * KIB, 4 * MIB)?;
+    check_count_range("agent.nbd_connections_max", agent.nbd_connections_max, 1, 256)?;
+    check_count_range("agent.scan_interval_secs", agent.scan_interval_secs, 1, 7 * 86_400)?;
     validate_disks(&agent.disks)
 }
 

@@ -129,3 +129,46 @@ pub fn list_indexed(dir: &Path, parse: fn(&str) -> Option<u64>) -> io::Result<Ve
     indexes.sort_unstable();
     Ok(indexes)
 }
+
+/// The allocated (data) ranges of `file` within `[offset, offset + len)`, as `(start, len)`,
+/// at most `ranges_max` of them. Files without hole support report everything as data.
+pub fn data_ranges(
+    file: &File,
+    offset: u64,
+    len: u64,
+    ranges_max: usize,
+) -> io::Result<Vec<(u64, u64)>> {
+    let end = offset.saturating_add(len);
+    let mut ranges = Vec::new();
+    let mut at = offset;
+    while at < end && ranges.len() < ranges_max {
+        let Some(data) = seek(file, at, libc::SEEK_DATA)? else { break };
+        if data >= end {
+            break;
+        }
+        let hole = seek(file, data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        ranges.push((data, hole - data));
+        at = hole;
+    }
+    Ok(ranges)
+}
+
+/// `lseek` with `SEEK_DATA`/`SEEK_HOLE`; `None` when there is no more data (ENXIO).
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    let Ok(start) = libc::off_t::try_from(offset) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "offset beyond off_t"));
+    };
+    // SAFETY: lseek only reads its integer arguments; the fd is owned by `file` and open.
+    let result = unsafe { libc::lseek(file.as_raw_fd(), start, whence) };
+    if result >= 0 {
+        return Ok(Some(result as u64));
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::ENXIO) => Ok(None),
+        // No hole support (some block devices): everything is data.
+        Some(libc::EINVAL) if whence == libc::SEEK_DATA => Ok(Some(offset)),
+        Some(libc::EINVAL) => Ok(None),
+        _ => Err(error),
+    }
+}

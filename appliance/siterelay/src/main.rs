@@ -4,6 +4,7 @@ mod args;
 mod logger;
 mod quickstart;
 mod roles;
+mod signals;
 mod status;
 
 use std::process::ExitCode;

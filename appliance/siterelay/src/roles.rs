@@ -120,6 +120,9 @@ pub(crate) fn agent(rest: &[String]) -> Result<(), String> {
         ("state-dir", true),
         ("once", false),
         ("reconnect-timeout", true),
+        ("nbd-listen", true),
+        ("mode", true),
+        ("interval", true),
         ("config", true),
     ];
     let args = Args::parse("agent", rest, spec)?;
@@ -148,12 +151,39 @@ pub(crate) fn agent(rest: &[String]) -> Result<(), String> {
                 .into(),
         );
     }
+    if let Some(seconds) = args.parsed::<u32>("interval")? {
+        config.agent.scan_interval_secs = seconds;
+    }
     let config = validated(config)?;
     let options = agent_options(&config.agent, true);
-    if !args.flag("once") {
-        log::warn!(
-            "continuous capture is not available yet: syncing once, then exiting (as with --once)"
-        );
+    let mode = args.value("mode").unwrap_or(if args.flag("once") { "once" } else { "tap" });
+    let tap = args.parsed::<agent::TapAddr>("nbd-listen")?;
+    match (mode, tap) {
+        ("tap", Some(tap)) => {
+            let capture = agent::CaptureOptions {
+                tap,
+                buffer_bytes: config.agent.capture_buffer_bytes,
+                grain_bytes: config.agent.dirty_grain_bytes,
+                connections_max: config.agent.nbd_connections_max as usize,
+            };
+            let stop = crate::signals::stop_on_signal()?;
+            agent::run_continuous(&options, &capture, stop).map_err(|error| error.to_string())?;
+            println!("agent stopped cleanly");
+            return Ok(());
+        }
+        ("tap", None) => {
+            return Err("agent: continuous capture needs --nbd-listen ADDR (IP:port or a unix socket path) for the write tap; use --once for a one-time sync or --mode scan --interval S for sources that cannot be tapped".into())
+        }
+        ("scan", _) => {
+            let stop = crate::signals::stop_on_signal()?;
+            let interval = Duration::from_secs(u64::from(config.agent.scan_interval_secs));
+            return agent::run_scan(&options, interval, stop, print_report)
+                .map_err(|error| error.to_string());
+        }
+        ("once", _) => {}
+        (other, _) => {
+            return Err(format!("agent: --mode {other:?} is not one of: tap, scan, once"));
+        }
     }
     let reports = agent::sync_once(&options).map_err(|error| error.to_string())?;
     for report in &reports {

@@ -1,0 +1,264 @@
+//! What the write tap hands to replication, shared by the NBD connection threads and the
+//! replicator thread.
+//!
+//! A write is applied to the source and queued under the disk's lock, so the queue order is
+//! the order the source applied the writes (design.md invariant 3), also for overlapping
+//! writes from several connections. The tap never waits for the relay (invariant 1): when the
+//! queue is at its byte bound, or the relay link is down, the write's grains are marked in the
+//! dirty bitmap instead, and the replicator reads them back from the source later. The bitmap
+//! is written to disk before a FLUSH is answered.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use wire::Generation;
+
+use crate::dirtymap::DirtyMap;
+
+/// One captured operation, in the order the source applied it.
+#[derive(Debug)]
+pub(crate) enum Captured {
+    Data {
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// Write-zeroes and trim: the source reads zeros there afterwards, and so must the replica.
+    Zero {
+        offset: u64,
+        len: u64,
+    },
+    /// The client's FLUSH completed here: a crash-consistent boundary.
+    Flush,
+}
+
+#[derive(Debug)]
+pub(crate) struct DiskCapture {
+    pub(crate) name: String,
+    pub(crate) file: File,
+    pub(crate) size_bytes: u64,
+    pub(crate) generation: Generation,
+    bitmap_path: PathBuf,
+    state: Mutex<CaptureState>,
+    /// Serializes bitmap saves, so an older snapshot never overwrites a newer one.
+    save: Mutex<Vec<u8>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct CaptureState {
+    pub(crate) queue: VecDeque<Captured>,
+    pub(crate) dirty: DirtyMap,
+    /// Bits were set since the bitmap file was last written.
+    dirty_unsaved: bool,
+    /// A sync or resync of this disk is pending or running: the replica is not a
+    /// crash-consistent image, so FLUSHes are not turned into consistency boundaries.
+    pub(crate) gap: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Capture {
+    pub(crate) disks: Vec<DiskCapture>,
+    buffer_bytes_max: u64,
+    queued_bytes: AtomicU64,
+    /// False while the relay is unreachable: writes then go straight to the bitmap.
+    pub(crate) link_up: Arc<AtomicBool>,
+    wake: (Mutex<u64>, Condvar),
+}
+
+pub(crate) struct DiskSetup {
+    pub(crate) name: String,
+    pub(crate) file: File,
+    pub(crate) size_bytes: u64,
+    pub(crate) generation: Generation,
+    pub(crate) bitmap_path: PathBuf,
+    pub(crate) dirty: DirtyMap,
+    pub(crate) gap: bool,
+}
+
+impl Capture {
+    pub(crate) fn new(disks: Vec<DiskSetup>, buffer_bytes_max: u64) -> Capture {
+        let disks = disks
+            .into_iter()
+            .map(|setup| DiskCapture {
+                name: setup.name,
+                file: setup.file,
+                size_bytes: setup.size_bytes,
+                generation: setup.generation,
+                bitmap_path: setup.bitmap_path,
+                state: Mutex::new(CaptureState {
+                    queue: VecDeque::new(),
+                    dirty: setup.dirty,
+                    dirty_unsaved: true,
+                    gap: setup.gap,
+                }),
+                save: Mutex::new(Vec::new()),
+            })
+            .collect();
+        Capture {
+            disks,
+            buffer_bytes_max,
+            queued_bytes: AtomicU64::new(0),
+            link_up: Arc::new(AtomicBool::new(false)),
+            wake: (Mutex::new(0), Condvar::new()),
+        }
+    }
+
+    pub(crate) fn lock(&self, disk: usize) -> MutexGuard<'_, CaptureState> {
+        self.disks[disk].state.lock().expect("capture lock")
+    }
+
+    /// Applies a write to the source and hands it to replication (or to the bitmap).
+    pub(crate) fn write(&self, disk: usize, offset: u64, data: Vec<u8>) -> io::Result<()> {
+        let capture = &self.disks[disk];
+        let len = data.len() as u64;
+        let mut state = self.lock(disk);
+        capture.file.write_all_at(&data, offset)?;
+        if self.must_mark(&mut state, offset, len) {
+            state.dirty.mark(offset, len);
+            state.dirty_unsaved = true;
+        } else {
+            self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+            state.queue.push_back(Captured::Data { offset, data });
+        }
+        drop(state);
+        self.notify();
+        Ok(())
+    }
+
+    /// Write-zeroes or trim: the range reads as zeros afterwards (holes where possible).
+    pub(crate) fn zero(&self, disk: usize, offset: u64, len: u64) -> io::Result<()> {
+        let capture = &self.disks[disk];
+        let mut state = self.lock(disk);
+        fsio::zero_range(&capture.file, offset, len)?;
+        // Zero extents carry no payload, so they only need the bitmap when order demands it.
+        if self.must_mark(&mut state, offset, 0) {
+            state.dirty.mark(offset, len);
+            state.dirty_unsaved = true;
+        } else {
+            state.queue.push_back(Captured::Zero { offset, len });
+        }
+        drop(state);
+        self.notify();
+        Ok(())
+    }
+
+    /// True when the write at `[offset, offset+len)` must go to the bitmap: a grain it touches
+    /// is already dirty (the bitmap drain will read the newest data anyway), the relay is
+    /// away, or the buffer is full.
+    fn must_mark(&self, state: &mut CaptureState, offset: u64, len: u64) -> bool {
+        if !self.link_up.load(Ordering::Relaxed) {
+            self.spill_queue(state);
+            return true;
+        }
+        state.dirty.any_dirty(offset, len.max(1))
+            || self.queued_bytes.load(Ordering::Relaxed) + len > self.buffer_bytes_max
+    }
+
+    /// Moves everything queued into the bitmap, freeing the buffer while the relay is away.
+    fn spill_queue(&self, state: &mut CaptureState) {
+        while let Some(item) = state.queue.pop_front() {
+            match item {
+                Captured::Data { offset, data } => {
+                    self.queued_bytes.fetch_sub(data.len() as u64, Ordering::Relaxed);
+                    state.dirty.mark(offset, data.len() as u64);
+                    state.dirty_unsaved = true;
+                }
+                Captured::Zero { offset, len } => {
+                    state.dirty.mark(offset, len);
+                    state.dirty_unsaved = true;
+                }
+                Captured::Flush => {}
+            }
+        }
+    }
+
+    /// The client's FLUSH: the source's data and the bitmap are durable when this returns,
+    /// and, without an open gap, the replication stream gets a consistency boundary.
+    pub(crate) fn flush(&self, disk: usize) -> io::Result<()> {
+        let capture = &self.disks[disk];
+        capture.file.sync_data()?;
+        self.save_bitmap(disk)?;
+        let mut state = self.lock(disk);
+        if !state.gap && state.dirty.is_clean() && self.link_up.load(Ordering::Relaxed) {
+            state.queue.push_back(Captured::Flush);
+        }
+        drop(state);
+        self.notify();
+        Ok(())
+    }
+
+    /// Writes the bitmap file if bits were set since the last save.
+    pub(crate) fn save_bitmap(&self, disk: usize) -> io::Result<()> {
+        let capture = &self.disks[disk];
+        let mut bytes = capture.save.lock().expect("save lock");
+        let mut state = self.lock(disk);
+        if !state.dirty_unsaved {
+            return Ok(());
+        }
+        state.dirty.encode(&capture.generation, &mut bytes);
+        state.dirty_unsaved = false;
+        drop(state);
+        let result = fsio::write_atomic(&capture.bitmap_path, &bytes);
+        if result.is_err() {
+            self.lock(disk).dirty_unsaved = true;
+        }
+        result
+    }
+
+    /// Marks extra ranges dirty (writes the relay never acknowledged, at shutdown).
+    pub(crate) fn mark_dirty(&self, disk: usize, offset: u64, len: u64) {
+        let mut state = self.lock(disk);
+        state.dirty.mark(offset, len);
+        state.dirty_unsaved = true;
+    }
+
+    /// Takes queued items of one disk for one frame: up to `payload_max` payload bytes and
+    /// `items_max` items, stopping after a FLUSH boundary.
+    pub(crate) fn take(
+        &self,
+        disk: usize,
+        payload_max: usize,
+        items_max: usize,
+        into: &mut Vec<Captured>,
+    ) {
+        let mut state = self.lock(disk);
+        let mut payload = 0usize;
+        while into.len() < items_max {
+            let Some(front) = state.queue.front() else { break };
+            if let Captured::Data { data, .. } = front {
+                if payload > 0 && payload + data.len() > payload_max {
+                    break;
+                }
+                payload += data.len();
+            }
+            let item = state.queue.pop_front().expect("front checked");
+            let boundary = matches!(item, Captured::Flush);
+            into.push(item);
+            if boundary {
+                break;
+            }
+        }
+        drop(state);
+        self.queued_bytes.fetch_sub(payload as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn notify(&self) {
+        let (lock, condvar) = &self.wake;
+        *lock.lock().expect("wake lock") += 1;
+        condvar.notify_one();
+    }
+
+    /// Waits until something was captured since `seen`, or the timeout passed.
+    pub(crate) fn wait(&self, seen: &mut u64, timeout: Duration) {
+        let (lock, condvar) = &self.wake;
+        let guard = lock.lock().expect("wake lock");
+        let (guard, _) =
+            condvar.wait_timeout_while(guard, timeout, |count| *count == *seen).expect("wake lock");
+        *seen = *guard;
+    }
+}

@@ -1,0 +1,609 @@
+//! Continuous protection: the write tap serves the disks over NBD while the replicator thread
+//! turns captured writes into frames, runs the syncs a disk needs, drains the dirty bitmap,
+//! and tells the relay each disk's state.
+//!
+//! Start-up decides per disk (invariant 4): no state file means a full sync; a clean
+//! shutdown with a verifiable bitmap means only the bitmap's grains are read back; anything
+//! else (a crash, a lost or damaged bitmap, a size change) means a checksum resync.
+
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wire::{Compression, DiskStateKind, Extent, Frame, Writes, EXTENT_ZERO};
+
+use crate::capture::{Capture, Captured, DiskSetup};
+use crate::dirtymap::DirtyMap;
+use crate::error::AgentError;
+use crate::link::{Link, LinkDisk, LinkPolicy};
+use crate::sync::{report_state, DiskSync, SyncLimits};
+use crate::{state, AgentOptions, SyncMode};
+
+/// Items (writes, zero ranges) per frame.
+const FRAME_ITEMS_MAX: usize = 1024;
+const STATE_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a clean shutdown keeps sending what is queued before it records the rest in the
+/// bitmap instead.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+
+/// Where the write tap listens.
+#[derive(Debug, Clone)]
+pub enum TapAddr {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for TapAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<TapAddr, String> {
+        if text.contains('/') {
+            return Ok(TapAddr::Unix(PathBuf::from(text)));
+        }
+        text.parse().map(TapAddr::Tcp).map_err(|_| {
+            format!("{text:?} is neither IP:port (e.g. 127.0.0.1:10809) nor a unix socket path")
+        })
+    }
+}
+
+impl std::fmt::Display for TapAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TapAddr::Tcp(addr) => write!(f, "nbd://{addr}"),
+            TapAddr::Unix(path) => write!(f, "nbd+unix:///?socket={}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    pub tap: TapAddr,
+    pub buffer_bytes: u64,
+    pub grain_bytes: u64,
+    pub connections_max: usize,
+}
+
+/// Per-disk bookkeeping of the replicator.
+#[derive(Debug)]
+struct DiskProgress {
+    /// A sync this disk still needs before it can be protected.
+    pending_sync: Option<SyncMode>,
+    /// The last frame of the most recent sync: protected only once the target holds it.
+    sync_end_seq: u64,
+    /// Frames built from captured writes, with their extents, until the relay holds them: at
+    /// shutdown, the ones it does not hold go to the bitmap.
+    inflight: VecDeque<(u64, Vec<(u64, u64)>)>,
+    drain_cursor: u64,
+    reported: Option<(DiskStateKind, u64)>,
+    last_report: Instant,
+    state_path: PathBuf,
+    state: state::DiskStateFile,
+}
+
+/// Protects the disks continuously until `stop` is set (SIGINT/SIGTERM), then shuts down
+/// cleanly: what the relay does not hold is recorded in the bitmap, so the next start reads
+/// back only those grains.
+pub fn run_continuous(
+    options: &AgentOptions,
+    capture_options: &CaptureOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<(), AgentError> {
+    let mut setups = Vec::with_capacity(options.disks.len());
+    let mut progress = Vec::with_capacity(options.disks.len());
+    for source in &options.disks {
+        let (setup, disk_progress) = prepare_disk(options, capture_options, source)?;
+        setups.push(setup);
+        progress.push(disk_progress);
+    }
+    let capture = Arc::new(Capture::new(setups, capture_options.buffer_bytes));
+    let tap = crate::listener::TapServer::start(
+        &capture_options.tap,
+        Arc::clone(&capture),
+        capture_options.connections_max,
+    )?;
+    log::info!("write tap listening on {}", capture_options.tap);
+    let link_disks = capture
+        .disks
+        .iter()
+        .map(|disk| LinkDisk {
+            name: disk.name.clone(),
+            generation: disk.generation,
+            size_bytes: disk.size_bytes,
+        })
+        .collect();
+    let policy = LinkPolicy {
+        window_bytes_max: options.window_bytes,
+        reconnect_timeout: Duration::MAX,
+        up: Arc::clone(&capture.link_up),
+        stop: Arc::clone(&stop),
+    };
+    let result =
+        Link::connect(options.relay, crate::hostname(), link_disks, policy).and_then(|link| {
+            let mut replicator = Replicator {
+                link,
+                capture: &capture,
+                progress,
+                limits: SyncLimits {
+                    block_bytes: options.block_bytes,
+                    read_chunk_bytes: options.read_chunk_bytes,
+                    frame_payload_bytes: options.frame_payload_bytes,
+                },
+                show_progress: options.progress,
+                stop: &stop,
+            };
+            let result = replicator.run();
+            tap.stop();
+            replicator.shut_down(result)
+        });
+    match result {
+        Err(AgentError::Stopped) => {
+            // Stopped before the relay was ever reached: nothing was sent, everything the
+            // tap wrote is in the bitmap (the link never came up).
+            tap.stop();
+            shut_down_offline(&capture)
+        }
+        other => other,
+    }
+}
+
+fn prepare_disk(
+    options: &AgentOptions,
+    capture_options: &CaptureOptions,
+    source: &crate::DiskSource,
+) -> Result<(DiskSetup, DiskProgress), AgentError> {
+    let file = OpenOptions::new().read(true).write(true).open(&source.path).map_err(|error| {
+        AgentError::Io {
+            action: "open source disk read-write",
+            path: source.path.clone(),
+            source: error,
+        }
+    })?;
+    let size_bytes = fsio::size_of(&file).map_err(|error| AgentError::Io {
+        action: "get the size of",
+        path: source.path.clone(),
+        source: error,
+    })?;
+    let state_path = state::state_path(&options.state_dir, &source.name);
+    let bitmap_path = state::bitmap_path(&options.state_dir, &source.name);
+    let (mut disk_state, pending_sync, dirty) = match state::load(&state_path)? {
+        None => {
+            let fresh = state::DiskStateFile::new(source.path.clone(), size_bytes);
+            (fresh, Some(SyncMode::Full), None)
+        }
+        Some(existing) => {
+            let generation = existing.generation_bytes(&state_path)?;
+            let dirty = if !existing.clean_shutdown {
+                log::warn!("disk {}: the agent did not shut down cleanly; resyncing", source.name);
+                None
+            } else if existing.size_bytes != Some(size_bytes) {
+                log::warn!("disk {}: size changed to {size_bytes} bytes; resyncing", source.name);
+                None
+            } else {
+                load_bitmap(&bitmap_path, &generation, size_bytes, capture_options.grain_bytes)
+                    .map_err(|reason| {
+                        log::warn!("disk {}: dirty bitmap {reason}; resyncing", source.name);
+                    })
+                    .ok()
+            };
+            let pending = if dirty.is_some() { None } else { Some(SyncMode::Resync) };
+            (existing, pending, dirty)
+        }
+    };
+    let generation = disk_state.generation_bytes(&state_path)?;
+    let dirty = match dirty {
+        Some(dirty) => dirty,
+        None => DirtyMap::new(size_bytes, capture_options.grain_bytes).map_err(|error| {
+            AgentError::Disk { disk: source.name.clone(), reason: error.to_string() }
+        })?,
+    };
+    if !dirty.is_clean() {
+        log::info!(
+            "disk {}: {} bytes dirty since the last run; reading them back",
+            source.name,
+            dirty.dirty_bytes()
+        );
+    }
+    // From here until a clean shutdown, a crash must lead to a resync: the source may hold
+    // writes that nothing recorded.
+    disk_state.clean_shutdown = false;
+    disk_state.size_bytes = Some(size_bytes);
+    disk_state.source = source.path.clone();
+    state::store(&state_path, &disk_state)?;
+    let setup = DiskSetup {
+        name: source.name.clone(),
+        file,
+        size_bytes,
+        generation,
+        bitmap_path,
+        dirty,
+        gap: pending_sync.is_some(),
+    };
+    let progress = DiskProgress {
+        pending_sync,
+        sync_end_seq: 0,
+        inflight: VecDeque::new(),
+        drain_cursor: 0,
+        reported: None,
+        last_report: Instant::now(),
+        state_path,
+        state: disk_state,
+    };
+    Ok((setup, progress))
+}
+
+fn load_bitmap(
+    path: &Path,
+    generation: &wire::Generation,
+    size_bytes: u64,
+    grain_bytes: u64,
+) -> Result<DirtyMap, String> {
+    let bytes = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    DirtyMap::decode(&bytes, generation, size_bytes, grain_bytes)
+        .map_err(|error| format!("{} is unverifiable: {error}", path.display()))
+}
+
+struct Replicator<'a> {
+    link: Link,
+    capture: &'a Capture,
+    progress: Vec<DiskProgress>,
+    limits: SyncLimits,
+    show_progress: bool,
+    stop: &'a AtomicBool,
+}
+
+impl Replicator<'_> {
+    fn run(&mut self) -> Result<(), AgentError> {
+        let mut seen = 0u64;
+        let mut items = Vec::new();
+        let mut payload = Vec::new();
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut worked = false;
+            for disk in 0..self.progress.len() {
+                if let Some(mode) = self.progress[disk].pending_sync {
+                    self.sync(disk, mode)?;
+                    worked = true;
+                }
+                // Captured writes first: the bitmap drain needs an empty queue anyway.
+                if self.send_captured(disk, &mut items, &mut payload)?
+                    || self.drain_dirty(disk, &mut payload)?
+                {
+                    worked = true;
+                }
+                self.report(disk, false)?;
+                self.prune_inflight(disk);
+            }
+            if worked {
+                self.link.poll(Duration::ZERO)?;
+            } else {
+                self.link.poll(Duration::from_millis(1))?;
+                self.capture.wait(&mut seen, Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self, disk: usize, mode: SyncMode) -> Result<(), AgentError> {
+        let capture = &self.capture.disks[disk];
+        let bar = crate::progress_bar(self.show_progress, &capture.name, capture.size_bytes, mode);
+        let state = match mode {
+            SyncMode::Full => DiskStateKind::InitialSync,
+            SyncMode::Resync => DiskStateKind::Resyncing,
+        };
+        report_state(&mut self.link, disk, state, 0, capture.size_bytes)?;
+        self.progress[disk].reported = Some((state, 0));
+        let report = DiskSync {
+            link: &mut self.link,
+            disk,
+            name: &capture.name,
+            source: &capture.file,
+            size_bytes: capture.size_bytes,
+            limits: self.limits,
+            progress: &bar,
+            stop: self.stop,
+        }
+        .run(mode)?;
+        bar.finish_and_clear();
+        log::info!(
+            "disk {}: {} done in {:.1} s: {} data bytes, {} zero bytes sent, {} bytes unchanged",
+            capture.name,
+            if mode == SyncMode::Full { "initial sync" } else { "checksum resync" },
+            report.seconds,
+            report.data_bytes,
+            report.zero_bytes,
+            report.unchanged_bytes
+        );
+        let progress = &mut self.progress[disk];
+        progress.pending_sync = None;
+        progress.sync_end_seq = self.link.peek_next_seq(disk).saturating_sub(1);
+        self.capture.lock(disk).gap = false;
+        Ok(())
+    }
+
+    /// Sends one frame of captured writes (or a consistency marker). False when none queued.
+    fn send_captured(
+        &mut self,
+        disk: usize,
+        items: &mut Vec<Captured>,
+        payload: &mut Vec<u8>,
+    ) -> Result<bool, AgentError> {
+        items.clear();
+        self.capture.take(disk, self.limits.frame_payload_bytes, FRAME_ITEMS_MAX, items);
+        if items.is_empty() {
+            return Ok(false);
+        }
+        let mut extents = Vec::with_capacity(items.len());
+        let mut ranges = Vec::with_capacity(items.len());
+        payload.clear();
+        let mut marker = false;
+        for item in items.drain(..) {
+            match item {
+                Captured::Data { offset, data } => {
+                    extents.push(Extent { offset, len: data.len() as u32, flags: 0 });
+                    ranges.push((offset, data.len() as u64));
+                    payload.extend_from_slice(&data);
+                }
+                Captured::Zero { offset, len } => {
+                    push_zero_extents(&mut extents, offset, len);
+                    ranges.push((offset, len));
+                }
+                Captured::Flush => marker = true,
+            }
+        }
+        if !extents.is_empty() {
+            self.send_writes(disk, extents, payload, ranges)?;
+        }
+        if marker {
+            self.send_marker(disk)?;
+        }
+        Ok(true)
+    }
+
+    fn send_writes(
+        &mut self,
+        disk: usize,
+        extents: Vec<Extent>,
+        payload: &[u8],
+        ranges: Vec<(u64, u64)>,
+    ) -> Result<(), AgentError> {
+        let seq = self.link.next_seq(disk);
+        let mut bytes = self.link.take_frame_buffer();
+        Frame::Writes(Writes {
+            disk_id: disk as u32,
+            seq,
+            compression: Compression::None,
+            data_len: payload.len() as u32,
+            extents,
+            payload,
+        })
+        .encode(&mut bytes)?;
+        self.progress[disk].inflight.push_back((seq, ranges));
+        self.link.send_sequenced(disk, seq, bytes)
+    }
+
+    /// A crash-consistent boundary: every write the source completed before the FLUSH.
+    fn send_marker(&mut self, disk: usize) -> Result<(), AgentError> {
+        let seq = self.link.next_seq(disk);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let mut bytes = self.link.take_frame_buffer();
+        Frame::Marker(wire::Marker {
+            disk_id: disk as u32,
+            seq,
+            kind: wire::MarkerKind::Crash,
+            marker_id: seq,
+            time_unix_ms: now,
+        })
+        .encode(&mut bytes)?;
+        self.progress[disk].inflight.push_back((seq, Vec::new()));
+        self.link.send_sequenced(disk, seq, bytes)
+    }
+
+    /// Reads one run of dirty grains back from the source and sends it. The queue must be
+    /// empty (checked under the disk lock), so everything queued before went out first and
+    /// this read holds the newest data.
+    fn drain_dirty(&mut self, disk: usize, payload: &mut Vec<u8>) -> Result<bool, AgentError> {
+        let capture = &self.capture.disks[disk];
+        let max = self.limits.frame_payload_bytes as u64;
+        let mut state = self.capture.lock(disk);
+        if !state.queue.is_empty() || state.dirty.is_clean() {
+            return Ok(false);
+        }
+        let cursor = self.progress[disk].drain_cursor;
+        let Some((offset, len)) =
+            state.dirty.next_run(cursor, max).or_else(|| state.dirty.next_run(0, max))
+        else {
+            return Ok(false);
+        };
+        payload.resize(len as usize, 0);
+        capture.file.read_exact_at(payload, offset).map_err(|source| AgentError::Io {
+            action: "read back dirty grains of",
+            path: PathBuf::from(&capture.name),
+            source,
+        })?;
+        state.dirty.clear(offset, len);
+        drop(state);
+        self.progress[disk].drain_cursor = offset + len;
+        let mut extents = Vec::new();
+        if wire::is_zero(payload) {
+            push_zero_extents(&mut extents, offset, len);
+            payload.clear();
+        } else {
+            extents.push(Extent { offset, len: len as u32, flags: 0 });
+        }
+        self.send_writes(disk, extents, payload, vec![(offset, len)])?;
+        Ok(true)
+    }
+
+    fn prune_inflight(&mut self, disk: usize) {
+        let durable = self.link.durable_seq(disk);
+        let inflight = &mut self.progress[disk].inflight;
+        while inflight.front().is_some_and(|(seq, _)| *seq <= durable) {
+            inflight.pop_front();
+        }
+    }
+
+    /// Reports the disk's state when it changed, and every second while it is not protected.
+    /// Protected needs: no sync pending, an empty bitmap, and the last sync at the target.
+    fn report(&mut self, disk: usize, force: bool) -> Result<(), AgentError> {
+        let size = self.capture.disks[disk].size_bytes;
+        let dirty_bytes = self.capture.lock(disk).dirty.dirty_bytes();
+        let progress = &self.progress[disk];
+        if progress.pending_sync.is_some() {
+            return Ok(());
+        }
+        let at_target = self.link.replicated_seq(disk) >= progress.sync_end_seq;
+        let (state, done) = if dirty_bytes == 0 && at_target {
+            (DiskStateKind::Protected, size)
+        } else {
+            (DiskStateKind::Resyncing, size - dirty_bytes.min(size))
+        };
+        let changed = progress.reported.map(|(kind, _)| kind) != Some(state);
+        let periodic = state != DiskStateKind::Protected
+            && progress.last_report.elapsed() >= STATE_REPORT_INTERVAL;
+        if !(changed || periodic || force) {
+            return Ok(());
+        }
+        if changed {
+            log::info!("disk {}: {}", self.capture.disks[disk].name, state.as_str());
+        }
+        report_state(&mut self.link, disk, state, done, size)?;
+        let progress = &mut self.progress[disk];
+        progress.reported = Some((state, done));
+        progress.last_report = Instant::now();
+        Ok(())
+    }
+
+    /// Ends a run: sends what is queued for a while, records in the bitmap whatever the relay
+    /// does not hold, and marks the shutdown clean when no sync was left unfinished.
+    fn shut_down(&mut self, run: Result<(), AgentError>) -> Result<(), AgentError> {
+        if let Err(error) = &run {
+            if !matches!(error, AgentError::Stopped) {
+                log::error!("replication stopped: {error}");
+            }
+        }
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        let mut items = Vec::new();
+        let mut payload = Vec::new();
+        if run.is_ok() || matches!(run, Err(AgentError::Stopped)) {
+            'drain: while Instant::now() < deadline && self.capture.link_up.load(Ordering::Relaxed)
+            {
+                let mut worked = false;
+                for disk in 0..self.progress.len() {
+                    match self.send_captured(disk, &mut items, &mut payload) {
+                        Ok(sent) => worked |= sent,
+                        Err(_) => break 'drain,
+                    }
+                }
+                let all_durable = (0..self.progress.len())
+                    .all(|disk| self.link.durable_seq(disk) + 1 >= self.link.peek_next_seq(disk));
+                if !worked && all_durable {
+                    break;
+                }
+                if self.link.poll(Duration::from_millis(10)).is_err() {
+                    break;
+                }
+            }
+        }
+        for disk in 0..self.progress.len() {
+            self.prune_inflight(disk);
+            let progress = &mut self.progress[disk];
+            for (_, ranges) in progress.inflight.drain(..) {
+                for (offset, len) in ranges {
+                    self.capture.mark_dirty(disk, offset, len);
+                }
+            }
+            let mut leftover = Vec::new();
+            self.capture.take(disk, usize::MAX, usize::MAX, &mut leftover);
+            for item in leftover {
+                match item {
+                    Captured::Data { offset, data } => {
+                        self.capture.mark_dirty(disk, offset, data.len() as u64)
+                    }
+                    Captured::Zero { offset, len } => self.capture.mark_dirty(disk, offset, len),
+                    Captured::Flush => {}
+                }
+            }
+            let sync_unfinished = progress.pending_sync.is_some()
+                || self.link.durable_seq(disk) < progress.sync_end_seq;
+            let _ = report_state(
+                &mut self.link,
+                disk,
+                DiskStateKind::Paused,
+                0,
+                self.capture.disks[disk].size_bytes,
+            );
+            finish_disk(self.capture, disk, &mut self.progress[disk], sync_unfinished)?;
+        }
+        match run {
+            Err(AgentError::Stopped) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// Splits a zero range into extents the protocol can carry (u32 lengths).
+fn push_zero_extents(extents: &mut Vec<Extent>, mut offset: u64, len: u64) {
+    let end = offset + len;
+    while offset < end {
+        let step = (end - offset).min(1 << 30);
+        extents.push(Extent { offset, len: step as u32, flags: EXTENT_ZERO });
+        offset += step;
+    }
+}
+
+/// Makes the source and the bitmap durable, then records the clean shutdown (unless a sync
+/// is unfinished: the next start must then resync).
+fn finish_disk(
+    capture: &Capture,
+    disk: usize,
+    progress: &mut DiskProgress,
+    sync_unfinished: bool,
+) -> Result<(), AgentError> {
+    let source = &capture.disks[disk];
+    let io =
+        |action, error| AgentError::Io { action, path: progress.state_path.clone(), source: error };
+    source.file.sync_data().map_err(|error| io("flush source disk for", error))?;
+    capture.save_bitmap(disk).map_err(|error| io("write the dirty bitmap for", error))?;
+    if sync_unfinished {
+        log::warn!("disk {}: sync unfinished; the next start resyncs", source.name);
+        return Ok(());
+    }
+    progress.state.clean_shutdown = true;
+    state::store(&progress.state_path, &progress.state)?;
+    let dirty = capture.lock(disk).dirty.dirty_bytes();
+    log::info!("disk {}: clean shutdown, {dirty} bytes recorded in the dirty bitmap", source.name);
+    Ok(())
+}
+
+/// Shutdown before the relay was ever reached: every captured write is in the bitmap.
+fn shut_down_offline(capture: &Capture) -> Result<(), AgentError> {
+    for disk in 0..capture.disks.len() {
+        let mut leftover = Vec::new();
+        capture.take(disk, usize::MAX, usize::MAX, &mut leftover);
+        for item in leftover {
+            if let Captured::Data { offset, data } = item {
+                capture.mark_dirty(disk, offset, data.len() as u64);
+            } else if let Captured::Zero { offset, len } = item {
+                capture.mark_dirty(disk, offset, len);
+            }
+        }
+        let source = &capture.disks[disk];
+        source.file.sync_data().map_err(|error| AgentError::Io {
+            action: "flush",
+            path: PathBuf::from(&source.name),
+            source: error,
+        })?;
+        capture.save_bitmap(disk).map_err(|error| AgentError::Io {
+            action: "write the dirty bitmap of",
+            path: PathBuf::from(&source.name),
+            source: error,
+        })?;
+    }
+    // The sync state is unknown to this path, so the next start resyncs (state stays unclean).
+    Ok(())
+}
