@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-/// How long the relay may take, after the agents exited, to show every disk as `protected`
+/// How long the relay may take, after the agents exited, to show every disk as `synced`
 /// (the agent's last `DiskState` report is unsequenced and may still be in flight).
 const STATUS_SETTLE: Duration = Duration::from_secs(15);
 
@@ -75,30 +75,30 @@ fn many_agents_and_disks_at_once() {
         );
     }
 
-    // The relay lists all five disks as protected.
+    // The relay lists all five disks as synced.
     let deadline = Instant::now() + STATUS_SETTLE;
     let mut polls = 0u32;
     loop {
         polls += 1;
         let status = cluster.status_json(cluster.relay.addr());
         let states = disk_states(&status);
-        let all_protected = sources.iter().all(|(name, _)| {
-            states.iter().any(|(listed, state)| listed == name && state == "protected")
+        let all_synced = sources.iter().all(|(name, _)| {
+            states.iter().any(|(listed, state)| listed == name && state == "synced")
         });
-        if all_protected {
+        if all_synced {
             assert_eq!(
                 states.len(),
                 sources.len(),
                 "relay status lists other disks than the five replicated: {status}"
             );
             if polls > 1 {
-                eprintln!("relay status showed all disks protected after {polls} polls");
+                eprintln!("relay status showed all disks synced after {polls} polls");
             }
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "relay status does not list all five disks as protected {STATUS_SETTLE:?} after \
+            "relay status does not list all five disks as synced {STATUS_SETTLE:?} after \
              the agents exited: {states:?}\n  document: {status}\n{}",
             cluster.diagnostics()
         );

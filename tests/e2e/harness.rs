@@ -238,6 +238,56 @@ impl Server {
         Server::new("relay", args, addr, log_dir.join("relay.log"))
     }
 
+    /// A continuously capturing agent serving `disks` through its NBD write tap on a fresh
+    /// loopback port (`addr()` is the tap). Not started yet; `start` waits for the tap.
+    pub(crate) fn agent_tap(
+        relay: SocketAddr,
+        disks: &[(&str, &Path)],
+        state_dir: &Path,
+        log_dir: &Path,
+        extra: &[&str],
+    ) -> Server {
+        let addr = loopback(free_port());
+        let mut args: Vec<OsString> = vec!["agent".into(), "--relay".into()];
+        args.push(relay.to_string().into());
+        for (name, path) in disks {
+            args.push("--disk".into());
+            let mut spec = OsString::from(format!("{name}="));
+            spec.push(path);
+            args.push(spec);
+        }
+        args.push("--state-dir".into());
+        args.push(state_dir.into());
+        args.push("--nbd-listen".into());
+        args.push(addr.to_string().into());
+        args.extend(extra.iter().map(OsString::from));
+        Server::new("agent", args, addr, log_dir.join("agent.log"))
+    }
+
+    /// SIGTERM (a clean stop) and wait up to `timeout` for the exit status; SIGKILL after.
+    pub(crate) fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        let mut child = self.child.take().ok_or_else(|| format!("{} not running", self.role))?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{} ignored SIGTERM for {timeout:?}; killed
+  log:
+{}",
+                    self.role,
+                    tail(&self.log(), 60)
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn new(role: &'static str, args: Vec<OsString>, addr: SocketAddr, log_path: PathBuf) -> Self {
         Server { role, args, addr, log_path, child: None, incarnation_offset: 0, incarnations: 0 }
     }
@@ -721,6 +771,58 @@ impl Cluster {
     /// `siterelay status --connect ADDR --json`, parsed.
     pub(crate) fn status_json(&self, addr: SocketAddr) -> serde_json::Value {
         status_json(addr, &self.dir.subdir("logs"))
+    }
+
+    /// The relay's state string for `disk` ("protected", "resyncing", ...).
+    pub(crate) fn disk_state(&self, disk: &str) -> Option<String> {
+        let status = self.status_json(self.relay.addr());
+        status["disks"]
+            .as_array()?
+            .iter()
+            .find(|entry| entry["name"] == disk)
+            .and_then(|entry| entry["state"].as_str().map(str::to_string))
+    }
+
+    /// Waits until the relay reports `disk` as `state`.
+    pub(crate) fn wait_disk_state(&self, disk: &str, state: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            last = self.disk_state(disk);
+            if last.as_deref() == Some(state) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "disk {disk} not {state} within {timeout:?} (last: {last:?})\n{}",
+            self.diagnostics()
+        );
+    }
+
+    /// Waits until the replica of `disk` equals `source` (continuous capture is asynchronous:
+    /// identical is the state it must converge to).
+    pub(crate) fn wait_replica_identical(
+        &self,
+        source: &Path,
+        disk: &str,
+        timeout: Duration,
+        context: &str,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let result = files_identical(source, &self.replica(disk));
+            match result {
+                Ok(()) => return,
+                Err(error) if Instant::now() >= deadline => {
+                    panic!(
+                        "{context}: replica did not converge within {timeout:?}: {error}\n{}",
+                        self.diagnostics()
+                    )
+                }
+                Err(_) => thread::sleep(Duration::from_millis(200)),
+            }
+        }
     }
 }
 

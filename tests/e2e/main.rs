@@ -14,4 +14,6 @@ mod concurrent;
 mod config;
 mod crash;
 mod harness;
+mod nbd_badinput;
 mod sync;
+mod tap;

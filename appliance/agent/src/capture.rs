@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wire::Generation;
 
@@ -24,15 +24,10 @@ use crate::dirtymap::DirtyMap;
 /// One captured operation, in the order the source applied it.
 #[derive(Debug)]
 pub(crate) enum Captured {
-    Data {
-        offset: u64,
-        data: Vec<u8>,
-    },
+    /// `at`: when the source applied it (the replication lag starts there).
+    Data { offset: u64, data: Vec<u8>, at: Instant },
     /// Write-zeroes and trim: the source reads zeros there afterwards, and so must the replica.
-    Zero {
-        offset: u64,
-        len: u64,
-    },
+    Zero { offset: u64, len: u64, at: Instant },
     /// The client's FLUSH completed here: a crash-consistent boundary.
     Flush,
 }
@@ -123,7 +118,7 @@ impl Capture {
             state.dirty_unsaved = true;
         } else {
             self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-            state.queue.push_back(Captured::Data { offset, data });
+            state.queue.push_back(Captured::Data { offset, data, at: Instant::now() });
         }
         drop(state);
         self.notify();
@@ -140,7 +135,7 @@ impl Capture {
             state.dirty.mark(offset, len);
             state.dirty_unsaved = true;
         } else {
-            state.queue.push_back(Captured::Zero { offset, len });
+            state.queue.push_back(Captured::Zero { offset, len, at: Instant::now() });
         }
         drop(state);
         self.notify();
@@ -163,12 +158,12 @@ impl Capture {
     fn spill_queue(&self, state: &mut CaptureState) {
         while let Some(item) = state.queue.pop_front() {
             match item {
-                Captured::Data { offset, data } => {
+                Captured::Data { offset, data, .. } => {
                     self.queued_bytes.fetch_sub(data.len() as u64, Ordering::Relaxed);
                     state.dirty.mark(offset, data.len() as u64);
                     state.dirty_unsaved = true;
                 }
-                Captured::Zero { offset, len } => {
+                Captured::Zero { offset, len, .. } => {
                     state.dirty.mark(offset, len);
                     state.dirty_unsaved = true;
                 }

@@ -125,6 +125,7 @@ pub fn run_continuous(
         Link::connect(options.relay, crate::hostname(), link_disks, policy).and_then(|link| {
             let mut replicator = Replicator {
                 link,
+                lag: crate::lag::LagMeter::new(capture.disks.len()),
                 capture: &capture,
                 progress,
                 limits: SyncLimits {
@@ -248,6 +249,7 @@ fn load_bitmap(
 
 struct Replicator<'a> {
     link: Link,
+    lag: crate::lag::LagMeter,
     capture: &'a Capture,
     progress: Vec<DiskProgress>,
     limits: SyncLimits,
@@ -339,14 +341,17 @@ impl Replicator<'_> {
         let mut ranges = Vec::with_capacity(items.len());
         payload.clear();
         let mut marker = false;
+        let mut oldest = None;
         for item in items.drain(..) {
             match item {
-                Captured::Data { offset, data } => {
+                Captured::Data { offset, data, at } => {
+                    oldest = oldest.or(Some(at));
                     extents.push(Extent { offset, len: data.len() as u32, flags: 0 });
                     ranges.push((offset, data.len() as u64));
                     payload.extend_from_slice(&data);
                 }
-                Captured::Zero { offset, len } => {
+                Captured::Zero { offset, len, at } => {
+                    oldest = oldest.or(Some(at));
                     push_zero_extents(&mut extents, offset, len);
                     ranges.push((offset, len));
                 }
@@ -355,6 +360,10 @@ impl Replicator<'_> {
         }
         if !extents.is_empty() {
             self.send_writes(disk, extents, payload, ranges)?;
+            if let Some(at) = oldest {
+                let seq = self.link.peek_next_seq(disk) - 1;
+                self.lag.sent(disk, seq, at);
+            }
         }
         if marker {
             self.send_marker(disk)?;
@@ -440,6 +449,7 @@ impl Replicator<'_> {
     }
 
     fn prune_inflight(&mut self, disk: usize) {
+        self.lag.replicated(disk, self.link.replicated_seq(disk));
         let durable = self.link.durable_seq(disk);
         let inflight = &mut self.progress[disk].inflight;
         while inflight.front().is_some_and(|(seq, _)| *seq <= durable) {
@@ -457,11 +467,7 @@ impl Replicator<'_> {
             return Ok(());
         }
         let at_target = self.link.replicated_seq(disk) >= progress.sync_end_seq;
-        let (state, done) = if dirty_bytes == 0 && at_target {
-            (DiskStateKind::Protected, size)
-        } else {
-            (DiskStateKind::Resyncing, size - dirty_bytes.min(size))
-        };
+        let (state, done) = capture_state(dirty_bytes, at_target, size);
         let changed = progress.reported.map(|(kind, _)| kind) != Some(state);
         let periodic = state != DiskStateKind::Protected
             && progress.last_report.elapsed() >= STATE_REPORT_INTERVAL;
@@ -521,10 +527,12 @@ impl Replicator<'_> {
             self.capture.take(disk, usize::MAX, usize::MAX, &mut leftover);
             for item in leftover {
                 match item {
-                    Captured::Data { offset, data } => {
+                    Captured::Data { offset, data, .. } => {
                         self.capture.mark_dirty(disk, offset, data.len() as u64)
                     }
-                    Captured::Zero { offset, len } => self.capture.mark_dirty(disk, offset, len),
+                    Captured::Zero { offset, len, .. } => {
+                        self.capture.mark_dirty(disk, offset, len)
+                    }
                     Captured::Flush => {}
                 }
             }
@@ -539,10 +547,20 @@ impl Replicator<'_> {
             );
             finish_disk(self.capture, disk, &mut self.progress[disk], sync_unfinished)?;
         }
+        log::info!("replication lag (tap reply to durable at the target): {}", self.lag.summary());
         match run {
             Err(AgentError::Stopped) => Ok(()),
             other => other,
         }
+    }
+}
+
+/// The state of a disk whose syncs are done: `protected` only without any gap (invariant 4).
+fn capture_state(dirty_bytes: u64, sync_at_target: bool, size: u64) -> (DiskStateKind, u64) {
+    if dirty_bytes == 0 && sync_at_target {
+        (DiskStateKind::Protected, size)
+    } else {
+        (DiskStateKind::Resyncing, size - dirty_bytes.min(size))
     }
 }
 
@@ -586,9 +604,9 @@ fn shut_down_offline(capture: &Capture) -> Result<(), AgentError> {
         let mut leftover = Vec::new();
         capture.take(disk, usize::MAX, usize::MAX, &mut leftover);
         for item in leftover {
-            if let Captured::Data { offset, data } = item {
+            if let Captured::Data { offset, data, .. } = item {
                 capture.mark_dirty(disk, offset, data.len() as u64);
-            } else if let Captured::Zero { offset, len } = item {
+            } else if let Captured::Zero { offset, len, .. } = item {
                 capture.mark_dirty(disk, offset, len);
             }
         }
@@ -606,4 +624,35 @@ fn shut_down_offline(capture: &Capture) -> Result<(), AgentError> {
     }
     // The sync state is unknown to this path, so the next start resyncs (state stays unclean).
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protected_only_without_a_gap() {
+        assert_eq!(capture_state(0, true, 100), (DiskStateKind::Protected, 100));
+        assert_eq!(capture_state(1, true, 100), (DiskStateKind::Resyncing, 99));
+        assert_eq!(capture_state(0, false, 100), (DiskStateKind::Resyncing, 100));
+        assert_eq!(capture_state(500, true, 100), (DiskStateKind::Resyncing, 0));
+    }
+
+    #[test]
+    fn zero_ranges_split_at_one_gib() {
+        let mut extents = Vec::new();
+        push_zero_extents(&mut extents, 4096, (3 << 30) + 5);
+        let lens: Vec<u32> = extents.iter().map(|extent| extent.len).collect();
+        assert_eq!(lens, vec![1 << 30, 1 << 30, 1 << 30, 5]);
+        assert!(extents.iter().all(|extent| extent.flags == EXTENT_ZERO));
+        assert_eq!(extents[3].offset, 4096 + (3 << 30));
+    }
+
+    #[test]
+    fn tap_addresses_parse() {
+        assert!(matches!("127.0.0.1:10809".parse::<TapAddr>(), Ok(TapAddr::Tcp(_))));
+        assert!(matches!("/run/sr/tap.sock".parse::<TapAddr>(), Ok(TapAddr::Unix(_))));
+        let error = "localhost:10809".parse::<TapAddr>().unwrap_err();
+        assert!(error.contains("neither IP:port"), "{error}");
+    }
 }

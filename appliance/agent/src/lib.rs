@@ -7,6 +7,7 @@ mod capture;
 mod continuous;
 mod dirtymap;
 mod error;
+mod lag;
 mod link;
 mod listener;
 mod state;
@@ -188,7 +189,7 @@ fn sync_disks(
         .run(disk.mode)?;
         link.wait_replicated()?;
         let size = disk.size_bytes;
-        sync::report_state(link, index, wire::DiskStateKind::Protected, size, size)?;
+        sync::report_state(link, index, wire::DiskStateKind::Synced, size, size)?;
         report.replicated_seq = link.replicated_seq(index);
         progress.finish_and_clear();
         disk.state.synced = true;

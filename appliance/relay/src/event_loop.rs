@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use uring::{Completion, Op, Ring};
 use wire::{
-    error_code, AckEntry, Compression, DiskInfo, Frame, FrameReader, FrameType, RawFrame, Role,
-    WireError,
+    error_code, AckEntry, Compression, DiskInfo, DiskStateKind, Frame, FrameReader, FrameType,
+    RawFrame, Role, WireError,
 };
 
 use crate::cache::Cache;
@@ -1197,6 +1197,18 @@ impl Relay {
         for disk in self.disks.list.iter_mut() {
             if disk.agent.is_some_and(|(owner, _)| owner == id) {
                 disk.agent = None;
+                // A capturing agent that vanished may be writing into its bitmap or have
+                // crashed (a resync follows): never keep claiming protection for it.
+                if let Some((state, done, total)) = disk.reported_state {
+                    if matches!(
+                        state,
+                        DiskStateKind::Protected
+                            | DiskStateKind::Resyncing
+                            | DiskStateKind::InitialSync
+                    ) {
+                        disk.reported_state = Some((DiskStateKind::Disconnected, done, total));
+                    }
+                }
             }
         }
         if self.target.conn == Some(id) {

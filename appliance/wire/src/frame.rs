@@ -226,8 +226,16 @@ pub struct Checksums<'a> {
 pub enum DiskStateKind {
     InitialSync = 1,
     Resyncing = 2,
+    /// Capture is running, no gap is open: every write reaches the replica in order.
     Protected = 3,
+    /// Capture stopped cleanly; writes since then are in the agent's bitmap.
     Paused = 4,
+    /// A one-shot sync or scan finished: the replica matched the source at that moment, and
+    /// nothing tracks writes since (the next run compares checksums).
+    Synced = 5,
+    /// Set by the relay, never sent: the agent's connection ended without a clean stop, so
+    /// nothing can be claimed until it reconnects.
+    Disconnected = 6,
 }
 
 impl DiskStateKind {
@@ -237,6 +245,8 @@ impl DiskStateKind {
             Self::Resyncing => "resyncing",
             Self::Protected => "protected",
             Self::Paused => "paused",
+            Self::Synced => "synced",
+            Self::Disconnected => "disconnected",
         }
     }
 }
@@ -586,6 +596,8 @@ fn decode_body(frame_type: FrameType, body: &[u8]) -> Result<Frame<'_>, WireErro
                 2 => DiskStateKind::Resyncing,
                 3 => DiskStateKind::Protected,
                 4 => DiskStateKind::Paused,
+                5 => DiskStateKind::Synced,
+                6 => DiskStateKind::Disconnected,
                 _ => {
                     return Err(WireError::Invalid {
                         field: "DiskState.state",

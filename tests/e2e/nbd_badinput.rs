@@ -1,0 +1,1 @@
+//! Placeholder: hostile NBD clients against the write tap (being written).

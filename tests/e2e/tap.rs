@@ -1,0 +1,459 @@
+//! Continuous capture through the NBD write tap, driven by real NBD clients (qemu-io, nbdcopy,
+//! nbdfuse + loop + ext4), with the relay and the agent failing underneath. Every test ends
+//! with the replica byte-identical to the source (`cmp`), and the source identical to what the
+//! same client operations produce on a plain local file where that is defined.
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// From agent start to `protected` (initial sync of a small disk, debug build, busy CI box).
+const PROTECT_TIMEOUT: Duration = Duration::from_secs(90);
+/// From the end of a workload to a byte-identical replica.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct TapRig {
+    cluster: Cluster,
+    agent: Server,
+    source: PathBuf,
+}
+
+impl TapRig {
+    /// Target, relay and a capturing agent over a `size` byte source (zeros, then a seeded
+    /// pattern in its first MiB so the initial sync moves data), protected.
+    fn start(label: &str, size: u64, agent_config: Option<&str>) -> TapRig {
+        let cluster = Cluster::start(label);
+        let source = cluster.dir.join("source.img");
+        let file = File::create(&source).expect("create source");
+        file.set_len(size).expect("size source");
+        let mut head = vec![0u8; MIB as usize];
+        Rng::new(0x7a9_0001).fill(&mut head);
+        write_at(&source, 0, &head);
+        let mut extra: Vec<String> = Vec::new();
+        if let Some(text) = agent_config {
+            let path = cluster.dir.join("agent.toml");
+            fs::write(&path, text).expect("write agent config");
+            extra.push("--config".into());
+            extra.push(path.display().to_string());
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let mut agent = Server::agent_tap(
+            cluster.relay.addr(),
+            &[("d0", &source)],
+            &cluster.dir.join("agent-state"),
+            &cluster.dir.subdir("logs"),
+            &extra,
+        );
+        agent.start();
+        let rig = TapRig { cluster, agent, source };
+        rig.cluster.wait_disk_state("d0", "protected", PROTECT_TIMEOUT);
+        rig
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd://{}", self.agent.addr())
+    }
+
+    fn converge(&self, context: &str) {
+        self.cluster.wait_replica_identical(&self.source, "d0", CONVERGE_TIMEOUT, context);
+    }
+
+    fn qemu_io(&self, extra: &[&str], script: &str, label: &str) -> Finished {
+        qemu_io_script(&self.uri(), extra, script, &self.cluster.dir, label)
+    }
+
+    fn agent_log_tail(&self) -> String {
+        tail(&self.agent.log(), 60)
+    }
+}
+
+/// Runs a qemu-io command script (stdin) against `target` (an NBD URI or a file).
+fn qemu_io_script(
+    target: &str,
+    extra: &[&str],
+    script: &str,
+    dir: &TestDir,
+    label: &str,
+) -> Finished {
+    let script_path = dir.join(&format!("{label}.qio"));
+    fs::write(&script_path, script).expect("write qemu-io script");
+    let mut args: Vec<OsString> = vec!["-f".into(), "raw".into()];
+    args.extend(extra.iter().map(OsString::from));
+    args.push(target.into());
+    let shell = format!(
+        "exec {} {} < {}",
+        tool("qemu-io").display(),
+        args.iter().map(|arg| arg.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "),
+        script_path.display()
+    );
+    let finished = Running::spawn_program(
+        Path::new("/bin/sh"),
+        &["-c".into(), shell.into()],
+        &dir.subdir("logs"),
+        label,
+    )
+    .wait(CLIENT_TIMEOUT)
+    .unwrap_or_else(|error| panic!("qemu-io {label}: {error}"));
+    assert!(finished.status.success(), "qemu-io {label} failed\n{}", finished.describe());
+    // qemu-io reports failed commands on stdout/stderr but may still exit 0.
+    for text in [&finished.stdout, &finished.stderr] {
+        assert!(
+            !text.contains("failed") && !text.contains("error"),
+            "qemu-io {label} reported an error\n{}",
+            finished.describe()
+        );
+    }
+    finished
+}
+
+/// Seeded `write` commands, overlapping freely (sync writes: a defined order), with
+/// write-zeroes and discards mixed in.
+fn random_write_script(seed: u64, size: u64, count: u32, fua_every: u32) -> String {
+    let mut rng = Rng::new(seed);
+    let blocks = size / 4096;
+    let mut script = String::new();
+    for i in 0..count {
+        let len = rng.range(1, 17) * 4096;
+        let offset = rng.below(blocks - 16) * 4096;
+        let fua = if fua_every > 0 && i % fua_every == 0 { "-f " } else { "" };
+        let line = match rng.below(20) {
+            0 => format!("write -q -z {offset} {len}\n"),
+            1 => format!("discard -q {offset} {len}\n"),
+            2 => "flush\n".to_string(),
+            _ => format!("write -q {fua}-P 0x{:02x} {offset} {len}\n", rng.below(256)),
+        };
+        script.push_str(&line);
+    }
+    script.push_str("flush\n");
+    script
+}
+
+#[test]
+fn qemu_io_random_bursts_writethrough_writeback_and_aio() {
+    if !require_tools("qemu_io_random_bursts", &["cmp", "qemu-io"]) {
+        return;
+    }
+    let size = 64 * MIB;
+    let rig = TapRig::start("tap-qemuio", size, None);
+    // The reference: the same commands on a local copy of the pre-workload source.
+    let reference = rig.cluster.dir.join("reference.img");
+    fs::copy(&rig.source, &reference).expect("copy reference");
+    let reference_target = reference.display().to_string();
+
+    let writethrough = random_write_script(0xb0b_0001, size, 1500, 0);
+    let writeback = random_write_script(0xb0b_0002, size, 1500, 7);
+    // Concurrent aio writes to distinct 64 KiB slots: in flight together, no overlap.
+    let mut rng = Rng::new(0xb0b_0003);
+    let mut slots: Vec<u64> = (0..size / (64 * KIB)).collect();
+    let mut aio = String::new();
+    for i in 0..600 {
+        let pick = rng.below(slots.len() as u64) as usize;
+        let slot = slots.swap_remove(pick);
+        aio.push_str(&format!("aio_write -q -P 0x{:02x} {} 65536\n", i % 251, slot * 64 * KIB));
+    }
+    aio.push_str("aio_flush\n");
+
+    for (label, extra, script) in [
+        ("writethrough", &[][..], &writethrough),
+        ("writeback", &["-t", "writeback"][..], &writeback),
+        ("aio", &["-t", "writeback"][..], &aio),
+    ] {
+        let started = Instant::now();
+        rig.qemu_io(extra, script, &format!("tap-{label}"));
+        eprintln!("{label}: workload through the tap took {:.2?}", started.elapsed());
+        qemu_io_script(&reference_target, extra, script, &rig.cluster.dir, &format!("ref-{label}"));
+        // The tap applied exactly what a local file gets from the same commands...
+        if let Err(error) = files_identical(&reference, &rig.source) {
+            panic!(
+                "{label}: source differs from the local reference: {error}\n{}",
+                rig.agent_log_tail()
+            );
+        }
+        // ...and replication converges to it.
+        rig.converge(&format!("after the {label} workload"));
+    }
+    rig.cluster.wait_disk_state("d0", "protected", PROTECT_TIMEOUT);
+}
+
+#[test]
+fn nbdcopy_whole_image_over_four_connections_and_a_unix_socket() {
+    if !require_tools("nbdcopy_whole_image", &["cmp", "nbdcopy", "nbdinfo"]) {
+        return;
+    }
+    let size = 48 * MIB;
+    let rig = TapRig::start("tap-nbdcopy", size, None);
+    let image = rig.cluster.dir.join("copy-in.img");
+    write_mixed_image(&image, size, 0xc0c0_0001);
+    let finished = run_tool(
+        "nbdcopy",
+        &[
+            "--connections=4".into(),
+            "--requests=16".into(),
+            "--flush".into(),
+            image.clone().into(),
+            rig.uri().into(),
+        ],
+        &rig.cluster.dir.subdir("logs"),
+        CLIENT_TIMEOUT,
+    );
+    assert!(finished.status.success(), "nbdcopy failed\n{}", finished.describe());
+    assert_files_identical(&image, &rig.source);
+    rig.converge("after nbdcopy into the tap");
+    let status = rig.cluster.status_json(rig.cluster.relay.addr());
+    eprintln!("relay status after nbdcopy: {status}");
+
+    // The same agent state and disk, now behind a unix socket: a clean restart keeps the
+    // replica (no resync) and a second copy goes through the socket.
+    rig_restart_on_unix_socket(rig, &image);
+}
+
+fn rig_restart_on_unix_socket(mut rig: TapRig, image: &Path) {
+    let status = rig.agent.terminate(STOP_TIMEOUT).unwrap_or_else(|error| panic!("{error}"));
+    assert!(status.success(), "agent stop: {status}\n{}", rig.agent_log_tail());
+    let socket = rig.cluster.dir.join("tap.sock");
+    let mut agent = Server::agent_tap(
+        rig.cluster.relay.addr(),
+        &[("d0", &rig.source)],
+        &rig.cluster.dir.join("agent-state"),
+        &rig.cluster.dir.subdir("logs"),
+        &["--nbd-listen", &socket.display().to_string()],
+    );
+    let offset = agent.log_len();
+    agent.start();
+    rig.agent = agent;
+    rig.cluster.wait_disk_state("d0", "protected", PROTECT_TIMEOUT);
+    let log = read_from(rig.agent.log_path(), offset);
+    assert!(!log.contains("resyncing"), "a clean restart must not resync:\n{log}");
+    write_mixed_image(image, fs::metadata(image).unwrap().len(), 0xc0c0_0002);
+    let uri = format!("nbd+unix:///?socket={}", socket.display());
+    let finished = run_tool(
+        "nbdcopy",
+        &[image.into(), uri.into()],
+        &rig.cluster.dir.subdir("logs"),
+        CLIENT_TIMEOUT,
+    );
+    assert!(
+        finished.status.success(),
+        "nbdcopy over the unix socket failed\n{}",
+        finished.describe()
+    );
+    assert_files_identical(image, &rig.source);
+    rig.converge("after nbdcopy through the unix socket");
+}
+
+#[test]
+fn ext4_through_nbdfuse_and_loop_replica_passes_fsck() {
+    let tools =
+        ["cmp", "nbdfuse", "losetup", "mkfs.ext4", "e2fsck", "mount", "umount", "fusermount3"];
+    if !require_tools("ext4_through_nbdfuse", &tools) {
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() || !is_root() {
+        assert!(!in_ci(), "CI runs as root with /dev/fuse");
+        eprintln!("SKIPPED ext4_through_nbdfuse: needs root and /dev/fuse");
+        return;
+    }
+    let rig = TapRig::start("tap-ext4", 128 * MIB, None);
+    let dir = &rig.cluster.dir;
+    let mountpoint = dir.subdir("fuse");
+    let fs_dir = dir.subdir("fs");
+    let pidfile = dir.join("nbdfuse.pid");
+    let logs = dir.subdir("logs");
+    let mut nbdfuse = Running::spawn_program(
+        &tool("nbdfuse"),
+        &["-P".into(), pidfile.clone().into(), mountpoint.join("disk").into(), rig.uri().into()],
+        &logs,
+        "nbdfuse",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pidfile.exists() || fs::metadata(&pidfile).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(nbdfuse.is_running() && Instant::now() < deadline, "nbdfuse did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sh = |command: &str| {
+        let finished = Running::spawn_program(
+            Path::new("/bin/sh"),
+            &["-c".into(), command.into()],
+            &logs,
+            "sh",
+        )
+        .wait(CLIENT_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{command}: {error}"));
+        assert!(finished.status.success(), "{command} failed\n{}", finished.describe());
+        finished.stdout
+    };
+    let disk = mountpoint.join("disk");
+    let device = sh(&format!("losetup -f --show {}", disk.display())).trim().to_string();
+    let cleanup = scopeguard_loop(device.clone(), fs_dir.clone(), mountpoint.clone());
+    sh(&format!("mkfs.ext4 -q -F {device}"));
+    sh(&format!("mount {device} {}", fs_dir.display()));
+    let files = write_seeded_tree(&fs_dir.join("tree"), 0xe4_0001, 24 * MIB, 2 * MIB);
+    sh(&format!("cp -r {0}/tree {0}/copy && rm -rf {0}/tree/d1 && sync", fs_dir.display()));
+    eprintln!("wrote {files} files through ext4 on the tap");
+    drop(cleanup);
+    let _ = nbdfuse.wait(Duration::from_secs(20));
+    rig.converge("after the ext4 workload");
+    let fsck = run_tool(
+        "e2fsck",
+        &["-fn".into(), rig.cluster.replica("d0").into()],
+        &logs,
+        CLIENT_TIMEOUT,
+    );
+    assert!(fsck.status.success(), "e2fsck of the replica failed\n{}", fsck.describe());
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .map(|status| status.lines().any(|line| line.starts_with("Uid:\t0\t")))
+        .unwrap_or(false)
+}
+
+/// Unmounts, detaches the loop device and unmounts nbdfuse on drop, also when a step panics.
+struct LoopCleanup {
+    device: String,
+    fs_dir: PathBuf,
+    fuse_dir: PathBuf,
+}
+
+fn scopeguard_loop(device: String, fs_dir: PathBuf, fuse_dir: PathBuf) -> LoopCleanup {
+    LoopCleanup { device, fs_dir, fuse_dir }
+}
+
+impl Drop for LoopCleanup {
+    fn drop(&mut self) {
+        let run = |args: &[&str]| {
+            let _ = std::process::Command::new(args[0]).args(&args[1..]).status();
+        };
+        run(&["umount", &self.fs_dir.display().to_string()]);
+        run(&["losetup", "-d", &self.device]);
+        run(&["fusermount3", "-u", &self.fuse_dir.display().to_string()]);
+    }
+}
+
+#[test]
+fn relay_down_writes_go_to_the_bitmap_and_converge() {
+    if !require_tools("relay_down_bitmap", &["cmp", "qemu-io"]) {
+        return;
+    }
+    let size = 64 * MIB;
+    let config = "[agent]\ncapture_buffer_bytes = \"1MiB\"\ndirty_grain_bytes = \"64KiB\"\n";
+    let mut rig = TapRig::start("tap-relaydown", size, Some(config));
+    let script = random_write_script(0xd0_0001, size, 800, 0);
+    let started = Instant::now();
+    rig.qemu_io(&["-t", "writeback"], &script, "relay-up");
+    let up = started.elapsed();
+    rig.converge("with the relay up");
+
+    rig.cluster.relay.kill();
+    let script = random_write_script(0xd0_0002, size, 800, 0);
+    let started = Instant::now();
+    rig.qemu_io(&["-t", "writeback"], &script, "relay-down");
+    let down = started.elapsed();
+    eprintln!("same workload: relay up {up:.2?}, relay down {down:.2?}");
+    // The workload finished while the relay was down: the tap did not wait for it. The
+    // writes are in the bitmap file, saved at the workload's flush.
+    let bitmap = rig.cluster.dir.join("agent-state").join("d0.dirty");
+    assert!(bitmap.exists(), "no dirty bitmap file\n{}", rig.agent_log_tail());
+    assert!(
+        files_identical(&rig.source, &rig.cluster.replica("d0")).is_err(),
+        "the replica cannot have the writes made while the relay was down"
+    );
+    rig.cluster.relay.start();
+    rig.converge("after the relay came back");
+    rig.cluster.wait_disk_state("d0", "protected", PROTECT_TIMEOUT);
+    rig.agent.assert_running("after the relay outage");
+}
+
+#[test]
+fn agent_kill9_mid_workload_resyncs_and_converges() {
+    if !require_tools("agent_kill9_resync", &["cmp", "qemu-io"]) {
+        return;
+    }
+    let size = 64 * MIB;
+    let mut rig = TapRig::start("tap-kill9", size, None);
+    let script = random_write_script(0xdead_0001, size, 20_000, 0);
+    let script_path = rig.cluster.dir.join("long.qio");
+    fs::write(&script_path, &script).expect("write script");
+    let shell = format!(
+        "exec {} -f raw -t writeback {} < {}",
+        tool("qemu-io").display(),
+        rig.uri(),
+        script_path.display()
+    );
+    let mut client = Running::spawn_program(
+        Path::new("/bin/sh"),
+        &["-c".into(), shell.into()],
+        &rig.cluster.dir.subdir("logs"),
+        "long-workload",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    rig.agent.kill();
+    // The client dies with the connection; whatever reached the source stays there.
+    let _ = client.wait(Duration::from_secs(30));
+    assert_ne!(
+        rig.cluster.disk_state("d0").as_deref(),
+        Some("protected"),
+        "the relay must not claim protection for a disk whose agent vanished"
+    );
+    let offset = rig.agent.log_len();
+    rig.agent.start();
+    let log = rig
+        .agent
+        .wait_log_since(offset, PROTECT_TIMEOUT, |text| text.contains("disk d0: protected"))
+        .unwrap_or_else(|text| panic!("no protected after restart:\n{}", tail(&text, 40)));
+    assert!(log.contains("did not shut down cleanly; resyncing"), "expected a resync:\n{log}");
+    rig.converge("after kill -9 of the agent and its resync");
+    // And it keeps capturing afterwards.
+    rig.qemu_io(&[], &random_write_script(0xdead_0002, size, 200, 0), "after-restart");
+    rig.converge("after writes following the resync");
+}
+
+#[test]
+fn clean_stop_with_relay_down_drains_only_the_bitmap() {
+    if !require_tools("clean_stop_drains_bitmap", &["cmp", "qemu-io"]) {
+        return;
+    }
+    let size = 64 * MIB;
+    let mut rig = TapRig::start("tap-cleanstop", size, None);
+    rig.cluster.relay.kill();
+    rig.qemu_io(&[], &random_write_script(0x5709_0001, size, 300, 0), "while-down");
+    let status = rig.agent.terminate(STOP_TIMEOUT).unwrap_or_else(|error| panic!("{error}"));
+    assert!(status.success(), "agent stop: {status}\n{}", rig.agent_log_tail());
+    assert!(rig.agent.log().contains("clean shutdown"), "{}", rig.agent_log_tail());
+    rig.cluster.relay.start();
+    let offset = rig.agent.log_len();
+    rig.agent.start();
+    let log = rig
+        .agent
+        .wait_log_since(offset, PROTECT_TIMEOUT, |text| text.contains("disk d0: protected"))
+        .unwrap_or_else(|text| panic!("no protected after restart:\n{}", tail(&text, 40)));
+    assert!(log.contains("dirty since the last run; reading them back"), "{log}");
+    assert!(!log.contains("checksum resync"), "a clean stop must not need a resync:\n{log}");
+    rig.converge("after draining the bitmap");
+}
+
+#[test]
+fn scan_mode_sends_changes_every_interval() {
+    if !require_tools("scan_mode", &["cmp"]) {
+        return;
+    }
+    let cluster = Cluster::start("scan");
+    let source = cluster.dir.join("scan.img");
+    write_mixed_image(&source, 32 * MIB, 0x5ca_0001);
+    let mut args: Vec<OsString> = vec!["agent".into(), "--relay".into()];
+    args.push(cluster.relay.addr().to_string().into());
+    let mut disk = OsString::from("s0=");
+    disk.push(&source);
+    args.extend(["--disk".into(), disk, "--state-dir".into()]);
+    args.push(cluster.dir.join("scan-state").into());
+    args.extend(["--mode".into(), "scan".into(), "--interval".into(), "1".into()]);
+    let _agent = Running::spawn(&args, &cluster.dir.subdir("logs"), "scan-agent");
+    cluster.wait_replica_identical(&source, "s0", CONVERGE_TIMEOUT, "first scan");
+    modify_regions(&source, 0x5ca_0002, 8, 128 * KIB);
+    cluster.wait_replica_identical(&source, "s0", CONVERGE_TIMEOUT, "a later scan");
+}
