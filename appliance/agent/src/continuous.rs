@@ -80,6 +80,8 @@ struct DiskProgress {
     drain_cursor: u64,
     reported: Option<(DiskStateKind, u64)>,
     last_report: Instant,
+    /// The link connection the last report went over.
+    reported_on: u64,
     state_path: PathBuf,
     state: state::DiskStateFile,
 }
@@ -230,6 +232,7 @@ fn prepare_disk(
         drain_cursor: 0,
         reported: None,
         last_report: Instant::now(),
+        reported_on: 0,
         state_path,
         state: disk_state,
     };
@@ -275,7 +278,7 @@ impl Replicator<'_> {
                 {
                     worked = true;
                 }
-                self.report(disk, false)?;
+                self.report(disk)?;
                 self.prune_inflight(disk);
             }
             if worked {
@@ -459,7 +462,7 @@ impl Replicator<'_> {
 
     /// Reports the disk's state when it changed, and every second while it is not protected.
     /// Protected needs: no sync pending, an empty bitmap, and the last sync at the target.
-    fn report(&mut self, disk: usize, force: bool) -> Result<(), AgentError> {
+    fn report(&mut self, disk: usize) -> Result<(), AgentError> {
         let size = self.capture.disks[disk].size_bytes;
         let dirty_bytes = self.capture.lock(disk).dirty.dirty_bytes();
         let progress = &self.progress[disk];
@@ -469,9 +472,10 @@ impl Replicator<'_> {
         let at_target = self.link.replicated_seq(disk) >= progress.sync_end_seq;
         let (state, done) = capture_state(dirty_bytes, at_target, size);
         let changed = progress.reported.map(|(kind, _)| kind) != Some(state);
+        let reconnected = progress.reported_on != self.link.connections();
         let periodic = state != DiskStateKind::Protected
             && progress.last_report.elapsed() >= STATE_REPORT_INTERVAL;
-        if !(changed || periodic || force) {
+        if !(changed || periodic || reconnected) {
             return Ok(());
         }
         if changed {
@@ -481,6 +485,7 @@ impl Replicator<'_> {
         let progress = &mut self.progress[disk];
         progress.reported = Some((state, done));
         progress.last_report = Instant::now();
+        progress.reported_on = self.link.connections();
         Ok(())
     }
 

@@ -67,6 +67,9 @@ pub(crate) struct Link {
     up: Arc<AtomicBool>,
     /// Set when the agent is shutting down: reconnecting stops.
     stop: Arc<AtomicBool>,
+    /// Counts successful connections: a new one means the relay may have restarted and
+    /// forgotten what it was told (disk states).
+    connections: u64,
 }
 
 /// How a link behaves when the relay is away.
@@ -103,6 +106,7 @@ impl Link {
             spare_frames: Vec::new(),
             up: policy.up,
             stop: policy.stop,
+            connections: 0,
         };
         link.reconnect()?;
         Ok(link)
@@ -124,6 +128,7 @@ impl Link {
             let error = match self.try_connect() {
                 Ok(()) => {
                     self.up.store(true, Ordering::Relaxed);
+                    self.connections += 1;
                     return Ok(());
                 }
                 Err(error @ (AgentError::Refused(_) | AgentError::RelayLostData { .. })) => {
@@ -347,6 +352,11 @@ impl Link {
 
     pub(crate) fn replicated_seq(&self, disk: usize) -> u64 {
         self.windows[disk].replicated_seq
+    }
+
+    /// How many times the link connected (see `connections`).
+    pub(crate) fn connections(&self) -> u64 {
+        self.connections
     }
 
     /// Highest sequence durable in the relay's cache.

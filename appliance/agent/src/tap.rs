@@ -27,9 +27,18 @@ const TRANSMISSION_FLAGS: u16 = FLAG_HAS_FLAGS
     | FLAG_SEND_FUA
     | FLAG_SEND_TRIM
     | FLAG_SEND_WRITE_ZEROES
-    | FLAG_SEND_DF
     | FLAG_CAN_MULTI_CONN
     | FLAG_SEND_CACHE;
+
+/// DF ("don't fragment" reads) only means something with structured replies; the spec says to
+/// leave it clear otherwise.
+fn transmission_flags(structured: bool) -> u16 {
+    if structured {
+        TRANSMISSION_FLAGS | FLAG_SEND_DF
+    } else {
+        TRANSMISSION_FLAGS
+    }
+}
 
 /// Serves one client connection to the end. Errors are logged by the caller.
 pub(crate) fn serve<S: Read + Write>(
@@ -204,7 +213,8 @@ fn handshake<S: Read + Write>(
                     continue;
                 };
                 let size = capture.disks[disk].size_bytes;
-                nbd::encode_info_export(header.option, size, TRANSMISSION_FLAGS, &mut reply);
+                let flags = transmission_flags(structured);
+                nbd::encode_info_export(header.option, size, flags, &mut reply);
                 if request.requests.contains(&INFO_BLOCK_SIZE) {
                     nbd::encode_info_block_size(
                         header.option,

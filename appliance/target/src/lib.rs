@@ -121,6 +121,9 @@ impl Store {
                     "applied_seq": replica.applied_seq,
                     "bytes_applied": replica.bytes_applied,
                     "replica_path": replica.image_path,
+                    "consistent_seq": replica.consistent.map(|point| point.seq),
+                    "consistent_time_unix_ms": replica.consistent.map(|point| point.time_unix_ms),
+                    "consistent_points": replica.consistent_points,
                 })
             })
             .collect();

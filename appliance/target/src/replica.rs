@@ -29,6 +29,18 @@ struct Meta {
     generation: String,
     size_bytes: u64,
     applied_seq: u64,
+    /// The newest crash-consistent boundary (a client FLUSH at the source) in the journal.
+    #[serde(default)]
+    consistent: Option<ConsistentPoint>,
+}
+
+/// A position in the disk's write stream where the source had flushed: the replica as of
+/// this sequence is a crash-consistent image (design.md invariant 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ConsistentPoint {
+    pub(crate) seq: u64,
+    pub(crate) marker_id: u64,
+    pub(crate) time_unix_ms: u64,
 }
 
 #[derive(Debug)]
@@ -49,6 +61,11 @@ pub(crate) struct Replica {
     /// Highest sequence synced into the image and recorded in the metadata.
     pub(crate) applied_seq: u64,
     pub(crate) bytes_applied: u64,
+    /// The newest durable consistency boundary, and the one staged after it.
+    pub(crate) consistent: Option<ConsistentPoint>,
+    staged_consistent: Option<ConsistentPoint>,
+    /// Boundaries made durable since the target started.
+    pub(crate) consistent_points: u64,
     /// Records staged for the next journal write.
     pending: Vec<u8>,
     /// Writes of the staged records, decompressed and checked, waiting for durability.
@@ -126,6 +143,7 @@ impl Replica {
             Replica::assemble(name, generation, meta.size_bytes, image_path, image, disk_dir)?;
         replica.applied_seq = meta.applied_seq;
         replica.durable_seq = meta.applied_seq;
+        replica.consistent = meta.consistent;
         replica.replay_journal()?;
         replica.staged_seq = replica.durable_seq;
         Ok(Some(replica))
@@ -197,6 +215,9 @@ impl Replica {
             staged_seq: 0,
             applied_seq: 0,
             bytes_applied: 0,
+            consistent: None,
+            staged_consistent: None,
+            consistent_points: 0,
             pending: Vec::new(),
             staged_writes: PendingWrites::default(),
             durable_writes: PendingWrites::default(),
@@ -212,6 +233,7 @@ impl Replica {
             generation: wire::generation_to_hex(&self.generation),
             size_bytes: self.size_bytes,
             applied_seq: self.applied_seq,
+            consistent: self.consistent,
         };
         let path = self.disk_dir.join("meta.json");
         let text = serde_json::to_string_pretty(&meta).expect("meta serializes");
@@ -241,7 +263,10 @@ impl Replica {
                 let (_, seq) = wire::disk_scoped_prefix(record.body)
                     .map_err(|source| TargetError::Wire { disk: self.name.clone(), source })?;
                 if seq > self.applied_seq {
-                    self.check_and_queue(frame_type, record.body)?;
+                    self.check_and_queue(frame_type, record.body, seq)?;
+                    if let Some(point) = self.staged_consistent.take() {
+                        self.consistent = Some(point);
+                    }
                     let mut queued = std::mem::take(&mut self.staged_writes);
                     self.write_image(&mut queued)?;
                     self.durable_seq = self.durable_seq.max(seq);
@@ -319,7 +344,7 @@ impl Replica {
         seq: u64,
     ) -> Result<(), TargetError> {
         assert_eq!(seq, self.staged_seq + 1, "the caller checked the sequence");
-        self.check_and_queue(frame_type, body)?;
+        self.check_and_queue(frame_type, body, seq)?;
         journal::encode_record(frame_type as u8, body, &mut self.pending)
             .map_err(|source| TargetError::Journal { path: self.journal_dir(), source })?;
         self.staged_seq = seq;
@@ -327,11 +352,31 @@ impl Replica {
     }
 
     /// Decodes a journaled frame body and appends its writes to `staged_writes`.
-    fn check_and_queue(&mut self, frame_type: FrameType, body: &[u8]) -> Result<(), TargetError> {
+    fn check_and_queue(
+        &mut self,
+        frame_type: FrameType,
+        body: &[u8],
+        seq: u64,
+    ) -> Result<(), TargetError> {
+        let wire_error = |source: WireError| TargetError::Wire { disk: self.name.clone(), source };
+        if frame_type == FrameType::Marker {
+            let wire::Frame::Marker(marker) =
+                wire::RawFrame { frame_type, body }.decode().map_err(wire_error)?
+            else {
+                unreachable!("frame type checked above");
+            };
+            if marker.kind == wire::MarkerKind::Crash {
+                self.staged_consistent = Some(ConsistentPoint {
+                    seq,
+                    marker_id: marker.marker_id,
+                    time_unix_ms: marker.time_unix_ms,
+                });
+            }
+            return Ok(());
+        }
         if frame_type != FrameType::Writes {
             return Ok(());
         }
-        let wire_error = |source: WireError| TargetError::Wire { disk: self.name.clone(), source };
         let wire::Frame::Writes(writes) =
             wire::RawFrame { frame_type, body }.decode().map_err(wire_error)?
         else {
@@ -362,6 +407,10 @@ impl Replica {
         self.journal_len += self.pending.len() as u64;
         self.pending.clear();
         self.durable_writes.append(&mut self.staged_writes);
+        if let Some(point) = self.staged_consistent.take() {
+            self.consistent = Some(point);
+            self.consistent_points += 1;
+        }
         assert!(self.staged_seq >= self.durable_seq, "durable sequence never goes back");
         self.durable_seq = self.staged_seq;
         Ok(())
