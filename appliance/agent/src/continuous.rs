@@ -115,6 +115,7 @@ pub fn run_continuous(
             name: disk.name.clone(),
             generation: disk.generation,
             size_bytes: disk.size_bytes,
+            take_over: options.take_over,
         })
         .collect();
     let policy = LinkPolicy {
@@ -173,6 +174,9 @@ fn prepare_disk(
     let state_path = state::state_path(&options.state_dir, &source.name);
     let bitmap_path = state::bitmap_path(&options.state_dir, &source.name);
     let (mut disk_state, pending_sync, dirty) = match state::load(&state_path)? {
+        Some(_) | None if options.take_over => {
+            (state::take_over(&state_path, source, size_bytes)?, Some(SyncMode::Resync), None)
+        }
         None => {
             let fresh = state::DiskStateFile::new(source.path.clone(), size_bytes);
             (fresh, Some(SyncMode::Full), None)

@@ -44,6 +44,9 @@ pub struct AgentOptions {
     pub reconnect_timeout: Duration,
     /// Show progress bars (only drawn when stderr is a terminal).
     pub progress: bool,
+    /// Replace the replicas' history with a new generation of these sources and resync them
+    /// by checksums (an explicit operator decision, see `wire::DiskInfo::take_over`).
+    pub take_over: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +152,7 @@ fn connect_for_sync(
             generation: wire::generation_from_hex(&disk.state.generation)
                 .expect("validated on load"),
             size_bytes: disk.size_bytes,
+            take_over: options.take_over,
         })
         .collect();
     let policy = LinkPolicy {
@@ -212,13 +216,11 @@ fn open_disk(options: &AgentOptions, source: &DiskSource) -> Result<OpenDisk, Ag
     })?;
     let state_path = state::state_path(&options.state_dir, &source.name);
     let (state, mode) = match state::load(&state_path)? {
+        Some(_) | None if options.take_over => {
+            (state::take_over(&state_path, source, size_bytes)?, SyncMode::Resync)
+        }
         Some(existing) => {
-            if wire::generation_from_hex(&existing.generation).is_none() {
-                return Err(AgentError::State {
-                    path: state_path,
-                    reason: "generation is not 32 hex digits".into(),
-                });
-            }
+            existing.generation_bytes(&state_path)?;
             (existing, SyncMode::Resync)
         }
         None => {

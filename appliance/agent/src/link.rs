@@ -26,6 +26,7 @@ pub(crate) struct LinkDisk {
     pub(crate) name: String,
     pub(crate) generation: Generation,
     pub(crate) size_bytes: u64,
+    pub(crate) take_over: bool,
 }
 
 #[derive(Debug, Default)]
@@ -162,6 +163,7 @@ impl Link {
                 name: &disk.name,
                 generation: disk.generation,
                 size_bytes: disk.size_bytes,
+                take_over: disk.take_over,
             })
             .collect();
         let mut hello = Vec::new();
@@ -179,6 +181,9 @@ impl Link {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match receiver.recv_timeout(remaining) {
                 Ok(Event::Ack(entries)) => break entries,
+                Ok(Event::Error { code, message }) if code == wire::error_code::BUSY => {
+                    return Err(AgentError::Protocol(message))
+                }
                 Ok(Event::Error { code, message }) => {
                     return Err(AgentError::Refused(format!("{message} (code {code})")))
                 }

@@ -81,6 +81,23 @@ pub(crate) fn store(path: &Path, state: &DiskStateFile) -> Result<(), AgentError
     })
 }
 
+/// Starts a new generation for a source whose replica history the operator replaces; stored
+/// before anything is sent, like every generation.
+pub(crate) fn take_over(
+    path: &Path,
+    source: &crate::DiskSource,
+    size_bytes: u64,
+) -> Result<DiskStateFile, AgentError> {
+    let fresh = DiskStateFile::new(source.path.clone(), size_bytes);
+    log::warn!(
+        "disk {}: taking over the replica with new generation {}; the replica is resynced by checksums",
+        source.name,
+        fresh.generation
+    );
+    store(path, &fresh)?;
+    Ok(fresh)
+}
+
 pub(crate) fn new_generation() -> Generation {
     let mut generation = [0u8; 16];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut generation)

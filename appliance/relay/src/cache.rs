@@ -175,6 +175,11 @@ impl Cache {
         Ok(freed)
     }
 
+    /// Persists every disk's identity and replicated position now (a take-over).
+    pub(crate) fn store_state(&self, disks: &Disks) -> Result<(), RelayError> {
+        store_state(&self.dir, disks)
+    }
+
     pub(crate) fn segment_path(&self, index: u64) -> PathBuf {
         self.dir.join(journal::segment_file_name(index))
     }
@@ -320,6 +325,11 @@ fn register_record(
     let frame_type = wire::FrameType::from_u8(record.kind).map_err(record_error)?;
     let (info, body) = wire::decode_stored(record.body).map_err(record_error)?;
     let disk = disks.insert(info.name, info.generation, info.size_bytes, 0);
+    if disks.list[disk].generation != info.generation {
+        // Left behind by a take-over (cache.state has the new generation): delivered before
+        // the take-over was allowed, and never forwarded again.
+        return Ok(());
+    }
     disks.list[disk].size_bytes = info.size_bytes;
     if matches!(frame_type, wire::FrameType::Writes | wire::FrameType::Marker) {
         let (_, seq) = wire::disk_scoped_prefix(body).map_err(record_error)?;

@@ -24,6 +24,9 @@ pub(crate) struct Disk {
     pub(crate) bytes_forwarded: u64,
     /// An ack to the agent is due.
     pub(crate) ack_due: bool,
+    /// This generation took over the disk from another (`agent --take-over`): its records
+    /// say so, so the target adopts it too.
+    pub(crate) take_over: bool,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +59,7 @@ impl Disks {
             replicated_seq: seq,
             agent: None,
             reported_state: None,
+            take_over: false,
             bytes_received: 0,
             bytes_stored: 0,
             bytes_forwarded: 0,

@@ -158,6 +158,9 @@ struct TargetLink {
 /// A bound relay with its cache recovered, ready to `serve`.
 #[derive(Debug)]
 pub struct Relay {
+    /// An error met where only a connection's error can be returned, that must still stop
+    /// the relay (a cache state write that failed); `serve` returns it.
+    fatal: Option<RelayError>,
     options: RelayOptions,
     ring: Ring,
     listener: TcpListener,
@@ -225,6 +228,7 @@ impl Relay {
             compress_scratch: Vec::new(),
             pool,
             next_ticket: 0,
+            fatal: None,
             stage_ticket: 0,
             ready: BTreeMap::new(),
             pool_jobs_max: threads + 1,
@@ -256,6 +260,9 @@ impl Relay {
             self.ring.complete(1, &mut completions)?;
             for completion in completions.drain(..) {
                 self.on_completion(completion)?;
+            }
+            if let Some(error) = self.fatal.take() {
+                return Err(error);
             }
             self.start_flush()?;
             self.forward_more()?;
@@ -507,18 +514,10 @@ impl Relay {
             }
             None => self.disks.insert(info.name, info.generation, info.size_bytes, 0),
         };
-        let entry = &mut self.disks.list[disk];
-        if entry.generation != info.generation {
-            return Err(protocol(
-                error_code::GENERATION,
-                format!(
-                    "disk {}: agent generation {} differs from generation {} replicated through this relay; refusing to mix histories",
-                    info.name,
-                    wire::generation_to_hex(&info.generation),
-                    wire::generation_to_hex(&entry.generation)
-                ),
-            ));
+        if self.disks.list[disk].generation != info.generation {
+            self.take_over_disk(disk, info)?;
         }
+        let entry = &mut self.disks.list[disk];
         if entry.size_bytes != info.size_bytes {
             log::warn!(
                 "disk {}: size changes from {} to {} bytes",
@@ -607,6 +606,59 @@ impl Relay {
         Ok(())
     }
 
+    /// A generation mismatch: refused (invariant 5), unless the operator asked the agent to take
+    /// the disk over and nothing of the old generation is still on its way to the target.
+    /// Then the disk restarts at sequence 0 under the new generation; the old generation's
+    /// records left in the cache are skipped from now on (and by the recovery scan).
+    fn take_over_disk(&mut self, disk: usize, info: &DiskInfo<'_>) -> Result<(), ConnError> {
+        let entry = &self.disks.list[disk];
+        let ours = wire::generation_to_hex(&entry.generation);
+        let theirs = wire::generation_to_hex(&info.generation);
+        if !info.take_over {
+            return Err(protocol(
+                error_code::GENERATION,
+                format!(
+                    "disk {}: agent generation {theirs} differs from generation {ours} replicated through this relay; refusing to mix histories (if this source is the one to keep, run the agent with --take-over: the replica is then resynced to it)",
+                    info.name
+                ),
+            ));
+        }
+        let backlog = entry.cache_seq.saturating_sub(entry.replicated_seq)
+            + entry.received_seq.saturating_sub(entry.cache_seq);
+        if backlog > 0 {
+            return Err(protocol(
+                error_code::BUSY,
+                format!(
+                    "disk {}: {backlog} frame(s) of generation {ours} are still on their way to the target; the take-over waits until they are delivered",
+                    info.name
+                ),
+            ));
+        }
+        log::warn!(
+            "disk {}: generation {theirs} takes over from {ours} (agent --take-over)",
+            info.name
+        );
+        let entry = &mut self.disks.list[disk];
+        entry.generation = info.generation;
+        entry.take_over = true;
+        entry.received_seq = 0;
+        entry.cache_seq = 0;
+        entry.replicated_seq = 0;
+        entry.reported_state = None;
+        for segment in self.cache.segments.iter_mut() {
+            segment.max_seq.remove(&disk);
+        }
+        self.target.attached.remove(&disk);
+        // Durable before anything of the new generation is acked: a restart must not read
+        // the new records as the old generation's.
+        if let Err(error) = self.cache.store_state(&self.disks) {
+            let message = format!("cannot record the take-over: {error}");
+            self.fatal = Some(error);
+            return Err(protocol(error_code::INTERNAL, message));
+        }
+        Ok(())
+    }
+
     /// The disk's identity as stored in front of each of its cache records.
     fn stored_prefix(&self, disk: usize) -> Vec<u8> {
         let entry = &self.disks.list[disk];
@@ -614,6 +666,7 @@ impl Relay {
             name: &entry.name,
             generation: entry.generation,
             size_bytes: entry.size_bytes,
+            take_over: entry.take_over,
         };
         let mut prefix = Vec::with_capacity(128);
         wire::encode_stored(&info, &[], &mut prefix).expect("registered disk names are valid");
@@ -955,6 +1008,9 @@ impl Relay {
         let frame_type = FrameType::from_u8(record.kind).map_err(record_error)?;
         let (info, body) = wire::decode_stored(record.body).map_err(record_error)?;
         let disk = self.disks.insert(info.name, info.generation, info.size_bytes, 0);
+        if self.disks.list[disk].generation != info.generation {
+            return Ok(()); // a generation that was taken over: delivered, and replaced
+        }
         if matches!(frame_type, FrameType::Writes | FrameType::Marker) {
             let (_, seq) = wire::disk_scoped_prefix(body).map_err(record_error)?;
             if seq <= self.disks.list[disk].replicated_seq {

@@ -110,6 +110,7 @@ pub(crate) fn agent_options(config: &config::AgentConfig, progress: bool) -> age
         window_bytes: config.window_bytes as usize,
         reconnect_timeout: Duration::from_secs(u64::from(config.reconnect_timeout_secs)),
         progress,
+        take_over: false,
     }
 }
 
@@ -123,6 +124,7 @@ pub(crate) fn agent(rest: &[String]) -> Result<(), String> {
         ("nbd-listen", true),
         ("mode", true),
         ("interval", true),
+        ("take-over", false),
         ("config", true),
     ];
     let args = Args::parse("agent", rest, spec)?;
@@ -155,7 +157,8 @@ pub(crate) fn agent(rest: &[String]) -> Result<(), String> {
         config.agent.scan_interval_secs = seconds;
     }
     let config = validated(config)?;
-    let options = agent_options(&config.agent, true);
+    let mut options = agent_options(&config.agent, true);
+    options.take_over = args.flag("take-over");
     let mode = args.value("mode").unwrap_or(if args.flag("once") { "once" } else { "tap" });
     let tap = args.parsed::<agent::TapAddr>("nbd-listen")?;
     match (mode, tap) {

@@ -25,7 +25,7 @@ pub enum TargetError {
     },
     #[error("disk {disk}: write ends at byte {end}, past the disk size {size}")]
     BeyondEnd { disk: String, end: u64, size: u64 },
-    #[error("disk {disk}: generation {theirs} does not match the replica's generation {ours}; refusing to mix histories (resync with a new replica is required)")]
+    #[error("disk {disk}: generation {theirs} does not match the replica's generation {ours}; refusing to mix histories (if this source is the one to keep, run its agent with --take-over: the replica is then resynced to it)")]
     GenerationMismatch { disk: String, ours: String, theirs: String },
     #[error("disk {disk} is out of service on this target: {reason}")]
     Broken { disk: String, reason: String },

@@ -89,6 +89,9 @@ impl Store {
         let mut disks = self.disks.lock().expect("store lock");
         if let Some(existing) = disks.get(info.name) {
             let mut replica = existing.lock().expect("replica lock");
+            if replica.generation != info.generation && info.take_over {
+                replica.take_over(info.generation)?;
+            }
             if replica.generation != info.generation {
                 return Err(TargetError::GenerationMismatch {
                     disk: info.name.to_string(),

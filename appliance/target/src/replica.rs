@@ -314,6 +314,26 @@ impl Replica {
         fsio::fsync_dir(&journal_dir).map_err(io_error("fsync", &journal_dir))
     }
 
+    /// A new generation replaces this replica's history (`agent --take-over`): everything
+    /// journaled goes into the image first, then the sequence restarts at 0. The data stays;
+    /// the agent's checksum resync fixes what differs.
+    pub(crate) fn take_over(&mut self, generation: Generation) -> Result<(), TargetError> {
+        self.checkpoint()?;
+        log::warn!(
+            "replica {}: generation {} takes over from {} (agent --take-over)",
+            self.name,
+            wire::generation_to_hex(&generation),
+            wire::generation_to_hex(&self.generation)
+        );
+        self.generation = generation;
+        self.durable_seq = 0;
+        self.staged_seq = 0;
+        self.applied_seq = 0;
+        self.consistent = None;
+        self.staged_consistent = None;
+        self.write_meta()
+    }
+
     /// Adopts a new disk size announced by the source.
     pub(crate) fn resize(&mut self, size_bytes: u64) -> Result<(), TargetError> {
         if size_bytes == self.size_bytes {

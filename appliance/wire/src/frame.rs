@@ -109,6 +109,11 @@ pub struct DiskInfo<'a> {
     pub name: &'a str,
     pub generation: Generation,
     pub size_bytes: u64,
+    /// The operator asked this source to replace the replica's history (an explicit
+    /// `agent --take-over`): a receiver that knows the disk under another generation adopts
+    /// this one, keeps the replica's data and expects a checksum resync. Without it, a
+    /// generation mismatch is refused (design.md invariant 5).
+    pub take_over: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,6 +289,8 @@ pub mod error_code {
     pub const SEQUENCE: u16 = 5;
     pub const INTERNAL: u16 = 6;
     pub const UNKNOWN_DISK: u16 = 7;
+    /// Not now: retry after a pause (e.g. a take-over while the old generation still drains).
+    pub const BUSY: u16 = 8;
 }
 
 impl Frame<'_> {
@@ -418,6 +425,7 @@ fn encode_disk_info(w: &mut FieldWriter<'_>, disk: &DiskInfo<'_>) {
     w.name(disk.name);
     w.bytes(&disk.generation);
     w.u64(disk.size_bytes);
+    w.u8(u8::from(disk.take_over));
 }
 
 /// Fills in magic, type, length and CRC of a frame whose body follows the header in `frame`.
@@ -622,6 +630,16 @@ fn decode_disk_info<'a>(r: &mut FieldReader<'a>) -> Result<DiskInfo<'a>, WireErr
         name,
         generation: r.array("DiskInfo.generation")?,
         size_bytes: r.u64("DiskInfo.size")?,
+        take_over: match r.u8("DiskInfo.take_over")? {
+            0 => false,
+            1 => true,
+            _ => {
+                return Err(WireError::Invalid {
+                    field: "DiskInfo.take_over",
+                    reason: "must be 0 or 1",
+                })
+            }
+        },
     })
 }
 

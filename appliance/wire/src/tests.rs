@@ -107,7 +107,8 @@ fn raw_frame_is_readdressed() {
 
 #[test]
 fn stored_body_round_trip() {
-    let disk = DiskInfo { name: "vm1-disk0", generation: [7; 16], size_bytes: 1 << 30 };
+    let disk =
+        DiskInfo { name: "vm1-disk0", generation: [7; 16], size_bytes: 1 << 30, take_over: true };
     let mut out = Vec::new();
     encode_stored(&disk, b"body", &mut out).unwrap();
     assert_eq!(decode_stored(&out).unwrap(), (disk, &b"body"[..]));
@@ -205,7 +206,7 @@ fn arb_disks() -> impl Strategy<Value = Vec<(String, [u8; 16], u64)>> {
 proptest! {
     #[test]
     fn hello_round_trip(version in any::<(u16, u16)>(), names in (arb_name(), arb_name(), arb_name()), disks in arb_disks()) {
-        let disks: Vec<DiskInfo<'_>> = disks.iter().map(|(name, generation, size_bytes)| DiskInfo { name, generation: *generation, size_bytes: *size_bytes }).collect();
+        let disks: Vec<DiskInfo<'_>> = disks.iter().map(|(name, generation, size_bytes)| DiskInfo { name, generation: *generation, size_bytes: *size_bytes, take_over: *size_bytes % 2 == 0 }).collect();
         let frame = Frame::Hello(Hello { version_min: version.0, version_max: version.1, role: Role::Agent, product_version: &names.0, site_id: &names.1, node_id: &names.2, disks });
         let bytes = encode(&frame);
         prop_assert_eq!(decode_frame(&bytes).unwrap().unwrap(), (frame, bytes.len()));
