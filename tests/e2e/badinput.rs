@@ -45,7 +45,13 @@ fn encode(frame: &Frame<'_>) -> Vec<u8> {
 }
 
 fn disk_info(name: &str) -> DiskInfo<'_> {
-    DiskInfo { name, generation: [0xba; 16], size_bytes: BAD_DISK_BYTES, take_over: false }
+    DiskInfo {
+        name,
+        generation: [0xba; 16],
+        size_bytes: BAD_DISK_BYTES,
+        take_over: false,
+        fresh: true,
+    }
 }
 
 /// A valid `Hello` from `role`; an agent announces `disk` as its disk id 0.

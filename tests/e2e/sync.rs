@@ -333,3 +333,31 @@ fn full_cache_pauses_agents_until_the_target_drains_it() {
     cluster.expect_agent_success("sync through a full cache", finished);
     cluster.assert_replica_identical(&source, "disk", "after the cache drained");
 }
+
+/// A resync needs the target's checksums: with the target down (relay up), `--once` ends
+/// with an error that says so, instead of waiting forever.
+#[test]
+fn resync_with_the_target_down_fails_clearly() {
+    let mut cluster = Cluster::start("resync-target-down");
+    let source = cluster.dir.join("disk.img");
+    write_mixed_image(&source, 4 * MIB, 21);
+    let mut agent = cluster.agent("a", &[("disk", &source)]);
+    cluster.sync_once(&agent, "first sync");
+    cluster.target.kill();
+    modify_regions(&source, 22, 2, 64 * KIB);
+    agent.reconnect_timeout_secs = 2;
+    let finished = agent
+        .spawn_once("resync")
+        .wait(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("the resync did not give up: {e}"));
+    assert!(
+        !finished.status.success(),
+        "resync succeeded without a target\n{}",
+        finished.describe()
+    );
+    assert!(
+        finished.stderr.contains("answered no checksum request"),
+        "the error does not say why\n{}",
+        finished.describe()
+    );
+}

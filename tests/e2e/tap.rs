@@ -541,3 +541,38 @@ fn grown_source_disk_forces_a_resync() {
     rig.qemu_io(&[], &random_write_script(0x960_0002, 48 * MIB, 200, 0), "after-grow");
     rig.converge("after writes to the grown disk");
 }
+
+#[test]
+fn relay_cache_loss_leads_to_a_resync() {
+    if !require_tools("relay_cache_loss", &["cmp", "qemu-io"]) {
+        return;
+    }
+    let size = 32 * MIB;
+    let mut rig = TapRig::start("tap-cacheloss", size, None);
+    // The target goes away: the relay acknowledges these writes from its cache alone.
+    rig.cluster.target.kill();
+    rig.qemu_io(&[], &random_write_script(0xcac_0001, size, 400, 0), "target-down");
+    let cache = rig.cluster.dir.join("relay-cache");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs::read_dir(&cache).map(|dir| dir.count()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the relay cache never filled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Then the relay loses its cache disk: acknowledged frames are gone.
+    rig.cluster.relay.kill();
+    fs::remove_dir_all(&cache).expect("wipe the relay cache");
+    rig.cluster.target.start();
+    let offset = rig.agent.log_len();
+    rig.cluster.relay.start();
+    rig.agent
+        .wait_log_since(offset, PROTECT_TIMEOUT, |text| text.contains("it lost its cache"))
+        .unwrap_or_else(|text| panic!("the agent did not notice the loss:\n{}", tail(&text, 40)));
+    rig.converge("after the relay lost its cache");
+    rig.cluster.wait_disk_state("d0", "protected", PROTECT_TIMEOUT);
+    assert!(
+        rig.cluster.relay.log().contains("continuing from there"),
+        "{}",
+        rig.cluster.diagnostics()
+    );
+}

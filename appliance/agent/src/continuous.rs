@@ -111,11 +111,13 @@ pub fn run_continuous(
     let link_disks = capture
         .disks
         .iter()
-        .map(|disk| LinkDisk {
+        .zip(&progress)
+        .map(|(disk, progress)| LinkDisk {
             name: disk.name.clone(),
             generation: disk.generation,
             size_bytes: disk.size_bytes,
             take_over: options.take_over,
+            fresh: progress.state.fresh,
         })
         .collect();
     let policy = LinkPolicy {
@@ -123,6 +125,7 @@ pub fn run_continuous(
         reconnect_timeout: Duration::MAX,
         up: Arc::clone(&capture.link_up),
         stop: Arc::clone(&stop),
+        resync_on_loss: true,
     };
     let result =
         Link::connect(options.relay, crate::hostname(), link_disks, policy).and_then(|link| {
@@ -271,6 +274,13 @@ impl Replicator<'_> {
         let mut payload = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
             let mut worked = false;
+            for disk in self.link.take_lost() {
+                // Whatever the lost frames held is on the source: a resync finds it.
+                self.progress[disk].pending_sync = Some(SyncMode::Resync);
+                self.progress[disk].inflight.clear();
+                self.lag.forget(disk);
+                self.capture.lock(disk).gap = true;
+            }
             for disk in 0..self.progress.len() {
                 if let Some(mode) = self.progress[disk].pending_sync {
                     self.sync(disk, mode)?;

@@ -13,6 +13,8 @@ pub enum AgentError {
     RelayUnreachable { addr: std::net::SocketAddr, seconds: u64, last_error: String },
     #[error("the target acknowledged nothing for {seconds} s; {frames} frames are durable in the relay's cache and the relay keeps forwarding them (check the relay's status and its link to the target)")]
     TargetStalled { frames: u64, seconds: u64 },
+    #[error("the target answered no checksum request for {seconds} s, so a resync cannot compare blocks (check the relay's status and its link to the target)")]
+    TargetSilent { seconds: u64 },
     #[error("relay refused: {0}")]
     Refused(String),
     #[error("protocol error from relay: {0}")]

@@ -29,6 +29,11 @@ impl LagMeter {
         self.waiting[disk].push_back((seq, oldest_write));
     }
 
+    /// Drops what waits for frames the relay lost (their sequence numbers are reused).
+    pub(crate) fn forget(&mut self, disk: usize) {
+        self.waiting[disk].clear();
+    }
+
     pub(crate) fn replicated(&mut self, disk: usize, replicated_seq: u64) {
         let now = Instant::now();
         while let Some(&(seq, at)) = self.waiting[disk].front() {

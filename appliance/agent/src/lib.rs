@@ -153,6 +153,7 @@ fn connect_for_sync(
                 .expect("validated on load"),
             size_bytes: disk.size_bytes,
             take_over: options.take_over,
+            fresh: disk.state.fresh,
         })
         .collect();
     let policy = LinkPolicy {
@@ -160,8 +161,12 @@ fn connect_for_sync(
         reconnect_timeout,
         up: Arc::new(AtomicBool::new(false)),
         stop: Arc::clone(stop),
+        resync_on_loss: false,
     };
     let link = Link::connect(options.relay, hostname(), link_disks, policy)?;
+    for disk in &mut disks {
+        state::mark_sent(&disk.state_path, &mut disk.state)?;
+    }
     Ok((link, disks))
 }
 

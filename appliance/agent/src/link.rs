@@ -27,6 +27,9 @@ pub(crate) struct LinkDisk {
     pub(crate) generation: Generation,
     pub(crate) size_bytes: u64,
     pub(crate) take_over: bool,
+    /// The generation has sent nothing yet (see `wire::DiskInfo::fresh`); cleared once
+    /// connected, since frames may follow.
+    pub(crate) fresh: bool,
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +74,9 @@ pub(crate) struct Link {
     /// Counts successful connections: a new one means the relay may have restarted and
     /// forgotten what it was told (disk states).
     connections: u64,
+    resync_on_loss: bool,
+    /// Disks whose acknowledged frames the relay lost, waiting for the caller to resync them.
+    lost: Vec<usize>,
 }
 
 /// How a link behaves when the relay is away.
@@ -81,6 +87,9 @@ pub(crate) struct LinkPolicy {
     pub(crate) reconnect_timeout: Duration,
     pub(crate) up: Arc<AtomicBool>,
     pub(crate) stop: Arc<AtomicBool>,
+    /// When the relay lost frames it had acknowledged (its cache was lost), drop them and
+    /// report the disk through `take_lost` for a resync, instead of failing.
+    pub(crate) resync_on_loss: bool,
 }
 
 impl Link {
@@ -108,6 +117,8 @@ impl Link {
             up: policy.up,
             stop: policy.stop,
             connections: 0,
+            resync_on_loss: policy.resync_on_loss,
+            lost: Vec::new(),
         };
         link.reconnect()?;
         Ok(link)
@@ -130,6 +141,9 @@ impl Link {
                 Ok(()) => {
                     self.up.store(true, Ordering::Relaxed);
                     self.connections += 1;
+                    for disk in &mut self.disks {
+                        disk.fresh = false;
+                    }
                     return Ok(());
                 }
                 Err(error @ (AgentError::Refused(_) | AgentError::RelayLostData { .. })) => {
@@ -164,6 +178,7 @@ impl Link {
                 generation: disk.generation,
                 size_bytes: disk.size_bytes,
                 take_over: disk.take_over,
+                fresh: disk.fresh,
             })
             .collect();
         let mut hello = Vec::new();
@@ -206,6 +221,17 @@ impl Link {
             if window.unacked.is_empty() && window.next_seq == 0 {
                 // First contact: continue the relay's sequence for this generation.
                 window.next_seq = ack.durable_seq + 1;
+            } else if ack.durable_seq + 1 < first_needed && self.resync_on_loss {
+                log::warn!(
+                    "disk {}: the relay holds sequence {} but frames from {first_needed} were acknowledged: it lost its cache; resyncing the disk",
+                    self.disks[index].name,
+                    ack.durable_seq
+                );
+                let dropped: usize = window.unacked.drain(..).map(|(_, frame)| frame.len()).sum();
+                self.window_bytes -= dropped;
+                window.next_seq = ack.durable_seq + 1;
+                window.durable_seq = ack.durable_seq;
+                self.lost.push(index);
             } else if ack.durable_seq + 1 < first_needed {
                 return Err(AgentError::RelayLostData {
                     disk: self.disks[index].name.clone(),
@@ -316,10 +342,16 @@ impl Link {
     }
 
     /// Waits for the answer to a checksum request.
+    /// Gives up like `wait_replicated` when nothing answers for `reconnect_timeout`: the
+    /// answers come from the target, which may be down while the relay is up.
     pub(crate) fn take_checksums(&mut self, request_id: u64) -> Result<Vec<u8>, AgentError> {
+        let asked = Instant::now();
         loop {
             if let Some(sums) = self.answers.remove(&request_id) {
                 return Ok(sums);
+            }
+            if asked.elapsed() >= self.reconnect_timeout {
+                return Err(AgentError::TargetSilent { seconds: self.reconnect_timeout.as_secs() });
             }
             self.wait_event(Duration::from_secs(1))?;
         }
@@ -357,6 +389,11 @@ impl Link {
 
     pub(crate) fn replicated_seq(&self, disk: usize) -> u64 {
         self.windows[disk].replicated_seq
+    }
+
+    /// Disks the relay lost acknowledged frames of since the last call.
+    pub(crate) fn take_lost(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.lost)
     }
 
     /// How many times the link connected (see `connections`).

@@ -22,6 +22,9 @@ pub(crate) struct DiskStateFile {
     /// The source's size when capture last ran; a change forces a resync.
     #[serde(default)]
     pub(crate) size_bytes: Option<u64>,
+    /// Nothing of this generation was sent yet; cleared (durably) before the first frame.
+    #[serde(default)]
+    pub(crate) fresh: bool,
 }
 
 impl DiskStateFile {
@@ -32,6 +35,7 @@ impl DiskStateFile {
             synced: false,
             clean_shutdown: false,
             size_bytes: Some(size_bytes),
+            fresh: true,
         }
     }
 
@@ -45,6 +49,15 @@ impl DiskStateFile {
 
 pub(crate) fn state_path(state_dir: &Path, disk: &str) -> PathBuf {
     state_dir.join(format!("{disk}.json"))
+}
+
+/// Records that the generation is about to send its first frame (see `fresh`).
+pub(crate) fn mark_sent(path: &Path, state: &mut DiskStateFile) -> Result<(), AgentError> {
+    if !state.fresh {
+        return Ok(());
+    }
+    state.fresh = false;
+    store(path, state)
 }
 
 /// The persistent dirty bitmap of a disk (see `dirtymap`).

@@ -27,6 +27,11 @@ pub(crate) struct Disk {
     /// This generation took over the disk from another (`agent --take-over`): its records
     /// say so, so the target adopts it too.
     pub(crate) take_over: bool,
+    /// The relay knows where the disk's sequence stands (from cache.state, its records, or
+    /// the target). A disk first seen in an agent's Hello has no position until the target
+    /// reports one: after a lost cache, the target may already hold a long history, and
+    /// numbering from 1 again would make it drop new frames as retransmissions.
+    pub(crate) position_known: bool,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +65,7 @@ impl Disks {
             agent: None,
             reported_state: None,
             take_over: false,
+            position_known: true,
             bytes_received: 0,
             bytes_stored: 0,
             bytes_forwarded: 0,

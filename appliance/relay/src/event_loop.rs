@@ -481,7 +481,7 @@ impl Relay {
     /// waiting for a group commit.
     fn resume_positions(&self, conn: &Conn) -> Option<Vec<AckEntry>> {
         let disks = conn.agent_disks.iter().map(|&disk| &self.disks.list[disk]);
-        if disks.clone().any(|disk| disk.received_seq != disk.cache_seq) {
+        if disks.clone().any(|disk| disk.received_seq != disk.cache_seq || !disk.position_known) {
             return None;
         }
         let entries = disks.enumerate().map(|(local, disk)| AckEntry {
@@ -512,7 +512,19 @@ impl Relay {
                     format!("relay serves at most {} disks", self.options.disks_max),
                 ));
             }
-            None => self.disks.insert(info.name, info.generation, info.size_bytes, 0),
+            None => {
+                let disk = self.disks.insert(info.name, info.generation, info.size_bytes, 0);
+                // A generation that never sent a frame starts at 0; any other may have a
+                // history at the target that this relay lost with its cache.
+                if !info.fresh {
+                    self.disks.list[disk].position_known = false;
+                    log::info!(
+                        "disk {}: no record of it in this relay's cache; asking the target where it stands before accepting writes",
+                        info.name
+                    );
+                }
+                disk
+            }
         };
         if self.disks.list[disk].generation != info.generation {
             self.take_over_disk(disk, info)?;
@@ -667,6 +679,7 @@ impl Relay {
             generation: entry.generation,
             size_bytes: entry.size_bytes,
             take_over: entry.take_over,
+            fresh: false,
         };
         let mut prefix = Vec::with_capacity(128);
         wire::encode_stored(&info, &[], &mut prefix).expect("registered disk names are valid");
@@ -905,6 +918,7 @@ impl Relay {
         if link.outbox.len() + link.send_in_flight >= TARGET_QUEUE_BYTES_MAX {
             return Ok(());
         }
+        self.ask_positions(link_id);
         loop {
             let Some(segment) =
                 self.cache.segments.iter().find(|segment| segment.index >= self.forward.segment)
@@ -933,6 +947,25 @@ impl Relay {
             }
             self.forward.segment += 1;
             self.forward.offset = 0;
+        }
+    }
+
+    /// Attaches disks without a known position, so the target acks where each stands.
+    fn ask_positions(&mut self, link_id: u64) {
+        for (disk, entry) in self.disks.list.iter().enumerate() {
+            if entry.position_known || self.target.attached.contains_key(&disk) {
+                continue;
+            }
+            let info = DiskInfo {
+                name: &entry.name,
+                generation: entry.generation,
+                size_bytes: entry.size_bytes,
+                take_over: entry.take_over,
+                fresh: false,
+            };
+            let link = self.conns.get_mut(&link_id).expect("checked by the caller");
+            link.push(&Frame::DiskAttach { disk_id: disk as u32, disk: info });
+            self.target.attached.insert(disk, (entry.generation, entry.size_bytes));
         }
     }
 
@@ -1053,6 +1086,21 @@ impl Relay {
                     let Some(disk) = self.disks.list.get_mut(entry.disk_id as usize) else {
                         continue;
                     };
+                    if !disk.position_known {
+                        // Nothing was accepted for this disk yet: continue the target's count.
+                        if entry.durable_seq > 0 {
+                            log::warn!(
+                                "disk {}: the target holds sequence {}, which this relay had no record of (a lost or new cache); continuing from there",
+                                disk.name,
+                                entry.durable_seq
+                            );
+                        }
+                        disk.received_seq = entry.durable_seq;
+                        disk.cache_seq = entry.durable_seq;
+                        disk.replicated_seq = entry.durable_seq;
+                        disk.position_known = true;
+                        continue;
+                    }
                     if entry.durable_seq > disk.replicated_seq {
                         disk.replicated_seq =
                             entry.durable_seq.min(disk.cache_seq.max(disk.replicated_seq));

@@ -114,7 +114,14 @@ pub struct DiskInfo<'a> {
     /// this one, keeps the replica's data and expects a checksum resync. Without it, a
     /// generation mismatch is refused (design.md invariant 5).
     pub take_over: bool,
+    /// This generation has never sent a frame: its sequence starts at 0. A relay with no
+    /// record of the disk may then accept it at once; otherwise it first asks the target
+    /// where the sequence stands (its own cache may have been lost).
+    pub fresh: bool,
 }
+
+const DISK_FLAG_TAKE_OVER: u8 = 1;
+const DISK_FLAG_FRESH: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello<'a> {
@@ -425,7 +432,14 @@ fn encode_disk_info(w: &mut FieldWriter<'_>, disk: &DiskInfo<'_>) {
     w.name(disk.name);
     w.bytes(&disk.generation);
     w.u64(disk.size_bytes);
-    w.u8(u8::from(disk.take_over));
+    let mut flags = 0;
+    if disk.take_over {
+        flags |= DISK_FLAG_TAKE_OVER;
+    }
+    if disk.fresh {
+        flags |= DISK_FLAG_FRESH;
+    }
+    w.u8(flags);
 }
 
 /// Fills in magic, type, length and CRC of a frame whose body follows the header in `frame`.
@@ -626,20 +640,18 @@ fn decode_body(frame_type: FrameType, body: &[u8]) -> Result<Frame<'_>, WireErro
 fn decode_disk_info<'a>(r: &mut FieldReader<'a>) -> Result<DiskInfo<'a>, WireError> {
     let name = r.name("DiskInfo.name")?;
     check_name("DiskInfo.name", name)?;
+    let generation = r.array("DiskInfo.generation")?;
+    let size_bytes = r.u64("DiskInfo.size")?;
+    let flags = r.u8("DiskInfo.flags")?;
+    if flags & !(DISK_FLAG_TAKE_OVER | DISK_FLAG_FRESH) != 0 {
+        return Err(WireError::Invalid { field: "DiskInfo.flags", reason: "unknown flag bits" });
+    }
     Ok(DiskInfo {
         name,
-        generation: r.array("DiskInfo.generation")?,
-        size_bytes: r.u64("DiskInfo.size")?,
-        take_over: match r.u8("DiskInfo.take_over")? {
-            0 => false,
-            1 => true,
-            _ => {
-                return Err(WireError::Invalid {
-                    field: "DiskInfo.take_over",
-                    reason: "must be 0 or 1",
-                })
-            }
-        },
+        generation,
+        size_bytes,
+        take_over: flags & DISK_FLAG_TAKE_OVER != 0,
+        fresh: flags & DISK_FLAG_FRESH != 0,
     })
 }
 

@@ -107,12 +107,21 @@ fn raw_frame_is_readdressed() {
 
 #[test]
 fn stored_body_round_trip() {
-    let disk =
-        DiskInfo { name: "vm1-disk0", generation: [7; 16], size_bytes: 1 << 30, take_over: true };
+    let disk = DiskInfo {
+        name: "vm1-disk0",
+        generation: [7; 16],
+        size_bytes: 1 << 30,
+        take_over: true,
+        fresh: false,
+    };
     let mut out = Vec::new();
     encode_stored(&disk, b"body", &mut out).unwrap();
     assert_eq!(decode_stored(&out).unwrap(), (disk, &b"body"[..]));
     assert!(decode_stored(&out[..5]).is_err());
+    // Flag bits this version does not know are refused, not ignored.
+    let flags_at = out.len() - b"body".len() - 1;
+    out[flags_at] |= 0x80;
+    assert!(decode_stored(&out).is_err());
 }
 
 #[test]
@@ -206,7 +215,7 @@ fn arb_disks() -> impl Strategy<Value = Vec<(String, [u8; 16], u64)>> {
 proptest! {
     #[test]
     fn hello_round_trip(version in any::<(u16, u16)>(), names in (arb_name(), arb_name(), arb_name()), disks in arb_disks()) {
-        let disks: Vec<DiskInfo<'_>> = disks.iter().map(|(name, generation, size_bytes)| DiskInfo { name, generation: *generation, size_bytes: *size_bytes, take_over: *size_bytes % 2 == 0 }).collect();
+        let disks: Vec<DiskInfo<'_>> = disks.iter().map(|(name, generation, size_bytes)| DiskInfo { name, generation: *generation, size_bytes: *size_bytes, take_over: *size_bytes % 2 == 0, fresh: *size_bytes % 3 == 0 }).collect();
         let frame = Frame::Hello(Hello { version_min: version.0, version_max: version.1, role: Role::Agent, product_version: &names.0, site_id: &names.1, node_id: &names.2, disks });
         let bytes = encode(&frame);
         prop_assert_eq!(decode_frame(&bytes).unwrap().unwrap(), (frame, bytes.len()));
