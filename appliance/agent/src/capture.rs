@@ -63,7 +63,14 @@ pub(crate) struct Capture {
     /// False while the relay is unreachable: writes then go straight to the bitmap.
     pub(crate) link_up: Arc<AtomicBool>,
     wake: (Mutex<u64>, Condvar),
+    /// Payload buffers returned by the replicator once framed, reused by the tap: a fresh
+    /// multi-MiB allocation per write would map and fault in new pages every time.
+    spare: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Spare payload buffers kept, and the largest kept (bigger ones are freed).
+const SPARE_BUFFERS_MAX: usize = 64;
+const SPARE_BUFFER_BYTES_MAX: usize = 4 << 20;
 
 pub(crate) struct DiskSetup {
     pub(crate) name: String,
@@ -100,6 +107,26 @@ impl Capture {
             queued_bytes: AtomicU64::new(0),
             link_up: Arc::new(AtomicBool::new(false)),
             wake: (Mutex::new(0), Condvar::new()),
+            spare: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A buffer of `len` bytes for a write's payload (contents unspecified).
+    pub(crate) fn take_buffer(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.spare.lock().expect("spare lock").pop().unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Returns a payload buffer the replicator no longer needs.
+    pub(crate) fn recycle(&self, mut buf: Vec<u8>) {
+        if buf.capacity() > SPARE_BUFFER_BYTES_MAX {
+            return;
+        }
+        let mut spare = self.spare.lock().expect("spare lock");
+        if spare.len() < SPARE_BUFFERS_MAX {
+            buf.clear();
+            spare.push(buf);
         }
     }
 

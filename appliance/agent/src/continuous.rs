@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wire::{Compression, DiskStateKind, Extent, Frame, Writes, EXTENT_ZERO};
+use wire::{DiskStateKind, Extent, Frame, EXTENT_ZERO};
 
 use crate::capture::{Capture, Captured, DiskSetup};
 use crate::dirtymap::DirtyMap;
@@ -287,9 +287,7 @@ impl Replicator<'_> {
                     worked = true;
                 }
                 // Captured writes first: the bitmap drain needs an empty queue anyway.
-                if self.send_captured(disk, &mut items, &mut payload)?
-                    || self.drain_dirty(disk, &mut payload)?
-                {
+                if self.send_captured(disk, &mut items)? || self.drain_dirty(disk, &mut payload)? {
                     worked = true;
                 }
                 self.report(disk)?;
@@ -347,7 +345,6 @@ impl Replicator<'_> {
         &mut self,
         disk: usize,
         items: &mut Vec<Captured>,
-        payload: &mut Vec<u8>,
     ) -> Result<bool, AgentError> {
         items.clear();
         self.capture.take(disk, self.limits.frame_payload_bytes, FRAME_ITEMS_MAX, items);
@@ -356,27 +353,29 @@ impl Replicator<'_> {
         }
         let mut extents = Vec::with_capacity(items.len());
         let mut ranges = Vec::with_capacity(items.len());
-        payload.clear();
-        let mut marker = false;
         let mut oldest = None;
-        for item in items.drain(..) {
+        for item in items.iter() {
             match item {
                 Captured::Data { offset, data, at } => {
-                    oldest = oldest.or(Some(at));
-                    extents.push(Extent { offset, len: data.len() as u32, flags: 0 });
-                    ranges.push((offset, data.len() as u64));
-                    payload.extend_from_slice(&data);
+                    oldest = oldest.or(Some(*at));
+                    extents.push(Extent { offset: *offset, len: data.len() as u32, flags: 0 });
+                    ranges.push((*offset, data.len() as u64));
                 }
                 Captured::Zero { offset, len, at } => {
-                    oldest = oldest.or(Some(at));
-                    push_zero_extents(&mut extents, offset, len);
-                    ranges.push((offset, len));
+                    oldest = oldest.or(Some(*at));
+                    push_zero_extents(&mut extents, *offset, *len);
+                    ranges.push((*offset, *len));
                 }
-                Captured::Flush => marker = true,
+                Captured::Flush => {}
             }
         }
+        let marker = matches!(items.last(), Some(Captured::Flush));
         if !extents.is_empty() {
-            self.send_writes(disk, extents, payload, ranges)?;
+            let data = items.drain(..).filter_map(|item| match item {
+                Captured::Data { data, .. } => Some(data),
+                _ => None,
+            });
+            self.send_writes(disk, extents, data, ranges)?;
             if let Some(at) = oldest {
                 let seq = self.link.peek_next_seq(disk) - 1;
                 self.lag.sent(disk, seq, at);
@@ -388,24 +387,23 @@ impl Replicator<'_> {
         Ok(true)
     }
 
+    /// Sends one `Writes` frame; `data` holds the payload of the data extents, in order, and
+    /// each piece is copied once, into the frame, then its buffer goes back to the tap.
     fn send_writes(
         &mut self,
         disk: usize,
         extents: Vec<Extent>,
-        payload: &[u8],
+        data: impl Iterator<Item = Vec<u8>>,
         ranges: Vec<(u64, u64)>,
     ) -> Result<(), AgentError> {
         let seq = self.link.next_seq(disk);
         let mut bytes = self.link.take_frame_buffer();
-        Frame::Writes(Writes {
-            disk_id: disk as u32,
-            seq,
-            compression: Compression::None,
-            data_len: payload.len() as u32,
-            extents,
-            payload,
-        })
-        .encode(&mut bytes)?;
+        let mut frame = wire::WritesFrame::begin(disk as u32, seq, extents, &mut bytes)?;
+        for piece in data {
+            frame.append(&piece);
+            self.capture.recycle(piece);
+        }
+        frame.finish();
         self.progress[disk].inflight.push_back((seq, ranges));
         self.link.send_sequenced(disk, seq, bytes)
     }
@@ -455,13 +453,14 @@ impl Replicator<'_> {
         drop(state);
         self.progress[disk].drain_cursor = offset + len;
         let mut extents = Vec::new();
-        if wire::is_zero(payload) {
+        let data = if wire::is_zero(payload) {
             push_zero_extents(&mut extents, offset, len);
-            payload.clear();
+            None
         } else {
             extents.push(Extent { offset, len: len as u32, flags: 0 });
-        }
-        self.send_writes(disk, extents, payload, vec![(offset, len)])?;
+            Some(std::mem::take(payload))
+        };
+        self.send_writes(disk, extents, data.into_iter(), vec![(offset, len)])?;
         Ok(true)
     }
 
@@ -513,13 +512,12 @@ impl Replicator<'_> {
         }
         let deadline = Instant::now() + SHUTDOWN_DRAIN;
         let mut items = Vec::new();
-        let mut payload = Vec::new();
         if run.is_ok() || matches!(run, Err(AgentError::Stopped)) {
             'drain: while Instant::now() < deadline && self.capture.link_up.load(Ordering::Relaxed)
             {
                 let mut worked = false;
                 for disk in 0..self.progress.len() {
-                    match self.send_captured(disk, &mut items, &mut payload) {
+                    match self.send_captured(disk, &mut items) {
                         Ok(sent) => worked |= sent,
                         Err(_) => break 'drain,
                     }

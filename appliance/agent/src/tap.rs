@@ -310,7 +310,7 @@ fn transmission<S: Read + Write>(
                 }
             }
             Command::Write => {
-                let mut data = vec![0u8; request.length as usize];
+                let mut data = capture.take_buffer(request.length as usize);
                 stream.read_exact(&mut data)?;
                 capture.write(session.disk, request.offset, data).and_then(|()| fua(disk, &request))
             }

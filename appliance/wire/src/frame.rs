@@ -703,6 +703,28 @@ fn decode_writes<'a>(r: &mut FieldReader<'a>) -> Result<Writes<'a>, WireError> {
 }
 
 fn validate_writes(writes: &Writes<'_>) -> Result<(), WireError> {
+    validate_writes_head(writes)?;
+    match writes.compression {
+        Compression::None if writes.payload.len() != writes.data_len as usize => {
+            Err(WireError::Invalid {
+                field: "Writes.payload",
+                reason: "length differs from data_len",
+            })
+        }
+        Compression::Zstd
+            if writes.payload.is_empty() || writes.payload.len() > WRITE_PAYLOAD_BYTES_MAX =>
+        {
+            Err(WireError::Invalid {
+                field: "Writes.payload",
+                reason: "compressed payload empty or over limit",
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Everything about a `Writes` frame but its payload: extents and `data_len`.
+fn validate_writes_head(writes: &Writes<'_>) -> Result<(), WireError> {
     check_count("Writes.extents", writes.extents.len(), EXTENTS_PER_WRITES_MAX)?;
     check_count("Writes.data_len", writes.data_len as usize, WRITE_PAYLOAD_BYTES_MAX)?;
     let mut data_len: u64 = 0;
@@ -729,23 +751,7 @@ fn validate_writes(writes: &Writes<'_>) -> Result<(), WireError> {
             reason: "does not equal the sum of data extents",
         });
     }
-    match writes.compression {
-        Compression::None if writes.payload.len() != writes.data_len as usize => {
-            Err(WireError::Invalid {
-                field: "Writes.payload",
-                reason: "length differs from data_len",
-            })
-        }
-        Compression::Zstd
-            if writes.payload.is_empty() || writes.payload.len() > WRITE_PAYLOAD_BYTES_MAX =>
-        {
-            Err(WireError::Invalid {
-                field: "Writes.payload",
-                reason: "compressed payload empty or over limit",
-            })
-        }
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 fn validate_checksum_request(request: &ChecksumRequest) -> Result<(), WireError> {
@@ -861,4 +867,55 @@ pub fn generation_from_hex(text: &str) -> Option<Generation> {
         *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
     }
     Some(out)
+}
+
+/// An uncompressed `Writes` frame built in place, its payload appended piece by piece: the
+/// agent copies each captured write once, straight into the frame it sends.
+#[derive(Debug)]
+pub struct WritesFrame<'o> {
+    out: &'o mut Vec<u8>,
+    start: usize,
+    data_len: usize,
+    appended: usize,
+}
+
+impl<'o> WritesFrame<'o> {
+    /// Writes the frame's head for `extents` (validated as the decoder would); the caller then
+    /// appends exactly the data of the payload-bearing extents, in order, and calls `finish`.
+    pub fn begin(
+        disk_id: u32,
+        seq: u64,
+        extents: Vec<Extent>,
+        out: &'o mut Vec<u8>,
+    ) -> Result<WritesFrame<'o>, WireError> {
+        let data_len: u64 =
+            extents.iter().filter(|extent| extent.has_payload()).map(|e| u64::from(e.len)).sum();
+        check_count("Writes.data_len", data_len as usize, WRITE_PAYLOAD_BYTES_MAX)?;
+        let writes = Writes {
+            disk_id,
+            seq,
+            compression: Compression::None,
+            data_len: data_len as u32,
+            extents,
+            payload: &[],
+        };
+        // The payload is checked by `append` and `finish`.
+        validate_writes_head(&writes)?;
+        let start = out.len();
+        out.reserve(FRAME_HEADER_BYTES + 32 + writes.extents.len() * 16 + data_len as usize);
+        out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+        encode_writes_head(&writes, Compression::None, out);
+        Ok(WritesFrame { out, start, data_len: data_len as usize, appended: 0 })
+    }
+
+    pub fn append(&mut self, data: &[u8]) {
+        assert!(self.appended + data.len() <= self.data_len, "more payload than the extents");
+        self.out.extend_from_slice(data);
+        self.appended += data.len();
+    }
+
+    pub fn finish(self) {
+        assert_eq!(self.appended, self.data_len, "payload shorter than the extents");
+        seal_header(&mut self.out[self.start..], FrameType::Writes);
+    }
 }

@@ -284,3 +284,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn writes_frame_built_in_place_equals_the_encoded_frame() {
+    let extents = vec![
+        Extent { offset: 0, len: 3, flags: 0 },
+        Extent { offset: 4096, len: 8192, flags: EXTENT_ZERO },
+        Extent { offset: 65536, len: 2, flags: 0 },
+    ];
+    let payload = b"abcde";
+    let expected = encode(&Frame::Writes(Writes {
+        disk_id: 3,
+        seq: 9,
+        compression: Compression::None,
+        data_len: 5,
+        extents: extents.clone(),
+        payload,
+    }));
+    let mut out = vec![0xee];
+    let mut frame = WritesFrame::begin(3, 9, extents, &mut out).unwrap();
+    frame.append(b"abc");
+    frame.append(b"de");
+    frame.finish();
+    assert_eq!(&out[1..], &expected[..]);
+    let zero_len = vec![Extent { offset: 0, len: 0, flags: 0 }];
+    assert!(WritesFrame::begin(0, 1, zero_len, &mut Vec::new()).is_err());
+}
