@@ -414,3 +414,28 @@ fn relay_survives_bad_input() {
 fn target_survives_bad_input() {
     bad_input_test("badinput-target", false);
 }
+
+/// A cache written by a version with another record layout is refused at start, with the
+/// way out, instead of being misread (cache format 1 had no `format` in cache.state).
+#[test]
+fn relay_refuses_a_cache_of_another_format() {
+    let dir = TestDir::new("cache-format");
+    let cache = dir.subdir("cache");
+    std::fs::write(cache.join("cache.state"), r#"{"disks": []}"#).expect("write state");
+    std::fs::write(cache.join("seg-0000000000000000.log"), b"").expect("write segment");
+    let listen = loopback(free_port()).to_string();
+    let target = loopback(free_port()).to_string();
+    let cache_arg = cache.display().to_string();
+    let finished = run_siterelay(
+        &["relay", "--listen", &listen, "--target", &target, "--cache-dir", &cache_arg],
+        &dir.subdir("logs"),
+        COMMAND_TIMEOUT,
+    );
+    assert!(!finished.status.success(), "{}", finished.describe());
+    assert!(
+        finished.stderr.contains("written by another siterelay version")
+            && finished.stderr.contains("remove the cache directory"),
+        "{}",
+        finished.describe()
+    );
+}

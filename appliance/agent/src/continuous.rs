@@ -186,7 +186,13 @@ fn prepare_disk(
         }
         Some(existing) => {
             let generation = existing.generation_bytes(&state_path)?;
-            let dirty = if !existing.clean_shutdown {
+            let dirty = if !existing.clean_shutdown && existing.synced {
+                log::info!(
+                    "disk {}: last replicated by a one-shot sync; resyncing by checksums",
+                    source.name
+                );
+                None
+            } else if !existing.clean_shutdown {
                 log::warn!("disk {}: the agent did not shut down cleanly; resyncing", source.name);
                 None
             } else if existing.size_bytes != Some(size_bytes) {
@@ -220,6 +226,7 @@ fn prepare_disk(
     // From here until a clean shutdown, a crash must lead to a resync: the source may hold
     // writes that nothing recorded.
     disk_state.clean_shutdown = false;
+    disk_state.synced = false;
     disk_state.size_bytes = Some(size_bytes);
     disk_state.source = source.path.clone();
     state::store(&state_path, &disk_state)?;

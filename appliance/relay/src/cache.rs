@@ -45,9 +45,20 @@ pub(crate) struct Cache {
     pub(crate) spare: Vec<u8>,
 }
 
+/// The layout of cache records (stored `DiskInfo` + frame body). Bumped whenever a record
+/// written by one build could be misread by another; a cache of another format is refused.
+const CACHE_FORMAT: u32 = 2;
+
 #[derive(Debug, Serialize, Deserialize, Default)]
 struct StateFile {
+    /// Absent in caches written before formats were recorded (format 1).
+    #[serde(default = "first_format")]
+    format: u32,
     disks: Vec<DiskState>,
+}
+
+fn first_format() -> u32 {
+    1
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -68,8 +79,20 @@ impl Cache {
         disks: &mut Disks,
     ) -> Result<Cache, RelayError> {
         std::fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
-        load_state(dir, disks)?;
+        let format = load_state(dir, disks)?;
         let indexes = list_segments(dir)?;
+        match format {
+            Some(CACHE_FORMAT) => {}
+            None if indexes.is_empty() => store_state(dir, disks)?,
+            other => {
+                let found =
+                    other.map_or("an unrecorded format".to_string(), |f| format!("format {f}"));
+                return Err(RelayError::State {
+                    path: state_path(dir),
+                    reason: format!("the cache holds records in {found}, written by another siterelay version; this build reads format {CACHE_FORMAT}. Let the version that wrote it deliver them, or remove the cache directory to start over (the agents then resync)"),
+                });
+            }
+        }
         let mut segments = VecDeque::with_capacity(indexes.len() + 1);
         for (position, index) in indexes.iter().enumerate() {
             let is_newest = position + 1 == indexes.len();
@@ -189,11 +212,12 @@ fn state_path(dir: &Path) -> PathBuf {
     dir.join("cache.state")
 }
 
-fn load_state(dir: &Path, disks: &mut Disks) -> Result<(), RelayError> {
+/// Loads `cache.state` into `disks`; returns its format, `None` without a state file.
+fn load_state(dir: &Path, disks: &mut Disks) -> Result<Option<u32>, RelayError> {
     let path = state_path(dir);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(io_error("read", &path)(error)),
     };
     let state: StateFile = serde_json::from_str(&text)
@@ -206,11 +230,12 @@ fn load_state(dir: &Path, disks: &mut Disks) -> Result<(), RelayError> {
             })?;
         disks.insert(&disk.name, generation, disk.size_bytes, disk.replicated_seq);
     }
-    Ok(())
+    Ok(Some(state.format))
 }
 
 fn store_state(dir: &Path, disks: &Disks) -> Result<(), RelayError> {
     let state = StateFile {
+        format: CACHE_FORMAT,
         disks: disks
             .list
             .iter()

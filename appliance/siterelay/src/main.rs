@@ -2,6 +2,7 @@
 
 mod args;
 mod logger;
+mod nbd_client;
 mod quickstart;
 mod roles;
 mod signals;

@@ -1,16 +1,20 @@
 //! `siterelay quickstart`: the whole data path on one machine. Makes a sample disk, runs a
 //! target, a relay and an agent on loopback (in this process, on the embedded default
 //! configuration), replicates, verifies the replica byte for byte, changes the sample, resyncs,
-//! and verifies again.
+//! verifies again, then captures a workload's writes continuously through the NBD write tap
+//! and verifies the replica once more.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::args::Args;
+use crate::nbd_client;
 
 const DEFAULT_SIZE_BYTES: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -31,11 +35,17 @@ pub(crate) fn run(rest: &[String]) -> Result<(), String> {
         None => std::env::temp_dir().join(format!("siterelay-quickstart-{}", std::process::id())),
     };
     std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+    // Every run starts from scratch: state left by an earlier run (maybe of another version)
+    // would turn the demo into a resync of that run's disk.
+    for stale in ["target", "relay-cache", "agent-state", "tap.sock"] {
+        let path = dir.join(stale);
+        let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+    }
     println!("siterelay quickstart in {}", dir.display());
 
     let sample = dir.join("sample-disk.img");
     step(
-        "1/5",
+        "1/6",
         &format!(
             "creating a {} sample disk (ext4 with files, text, zeros, random data)",
             config::format_byte_size(size)
@@ -43,7 +53,7 @@ pub(crate) fn run(rest: &[String]) -> Result<(), String> {
     );
     let has_ext4 = make_sample(&dir, &sample, size)?;
 
-    step("2/5", "starting target and relay on loopback");
+    step("2/6", "starting target and relay on loopback");
     let target_options = target::TargetOptions {
         listen: "127.0.0.1:0".parse().expect("literal"),
         data_dir: dir.join("target"),
@@ -76,7 +86,7 @@ pub(crate) fn run(rest: &[String]) -> Result<(), String> {
     let options = crate::roles::agent_options(&agent_config, true);
     let replica = target::replica_path(&dir.join("target"), "sample");
 
-    step("3/5", "initial sync agent -> relay -> target");
+    step("3/6", "initial sync agent -> relay -> target");
     let started = Instant::now();
     let reports = agent::sync_once(&options).map_err(|error| error.to_string())?;
     let seconds = started.elapsed().as_secs_f64();
@@ -97,13 +107,16 @@ pub(crate) fn run(rest: &[String]) -> Result<(), String> {
     );
     verify(&sample, &replica)?;
 
-    step("4/5", "changing 3 regions of the sample disk and resyncing (checksums, only differing blocks move)");
+    step("4/6", "changing 3 regions of the sample disk and resyncing (checksums, only differing blocks move)");
     change_sample(&sample, size)?;
     let reports = agent::sync_once(&options).map_err(|error| error.to_string())?;
     crate::roles::print_report(&reports[0]);
     verify(&sample, &replica)?;
 
-    step("5/5", "done");
+    step("5/6", "continuous capture: a workload writes through the NBD write tap");
+    continuous(&dir, &options, relay_addr, &sample, &replica, size)?;
+
+    step("6/6", "done");
     println!("      source:  {}", sample.display());
     println!("      replica: {}", replica.display());
     if has_ext4 {
@@ -118,6 +131,109 @@ pub(crate) fn run(rest: &[String]) -> Result<(), String> {
     }
     println!("      remove the files with: rm -r {}", dir.display());
     Ok(())
+}
+
+/// Runs the capturing agent, waits for `protected`, writes 64 MiB through the tap as a
+/// client would, and checks the replica catches up.
+fn continuous(
+    dir: &Path,
+    options: &agent::AgentOptions,
+    relay_addr: std::net::SocketAddr,
+    sample: &Path,
+    replica: &Path,
+    size: u64,
+) -> Result<(), String> {
+    let socket = dir.join("tap.sock");
+    let capture = agent::CaptureOptions {
+        tap: agent::TapAddr::Unix(socket.clone()),
+        buffer_bytes: config::Config::default().agent.capture_buffer_bytes,
+        grain_bytes: config::Config::default().agent.dirty_grain_bytes,
+        connections_max: 4,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let agent_options = agent::AgentOptions { progress: false, ..options.clone() };
+    let agent_stop = Arc::clone(&stop);
+    let agent =
+        std::thread::spawn(move || agent::run_continuous(&agent_options, &capture, agent_stop));
+    let result = (|| -> Result<(), String> {
+        wait_for_state(relay_addr, "protected", Duration::from_secs(120))?;
+        println!("      tap at nbd+unix:///?socket={} (protected)", socket.display());
+        let mut client = nbd_client::NbdClient::connect(&socket)?;
+        let mut noise = Noise(99);
+        let mut block = vec![0u8; 256 << 10];
+        let quarter = size / 4 / MIB * MIB;
+        let started = Instant::now();
+        let writes = 256u64;
+        for index in 0..writes {
+            noise.fill(&mut block);
+            let slot = noise.0 % ((size - 3 * quarter) / block.len() as u64);
+            client.write(3 * quarter + slot * block.len() as u64, &block)?;
+            if index % 64 == 63 {
+                client.flush()?;
+            }
+        }
+        let written = started.elapsed();
+        drop(client);
+        let caught_up = wait_identical(sample, replica, 3 * quarter, Duration::from_secs(120))?;
+        println!(
+            "      {writes} writes of 256 KiB in {:.2} s ({:.0} MB/s at the client, never waiting for the relay); replica caught up {:.0} ms after the last write",
+            written.as_secs_f64(),
+            (writes * block.len() as u64) as f64 / written.as_secs_f64() / 1e6,
+            caught_up.as_secs_f64() * 1000.0
+        );
+        Ok(())
+    })();
+    stop.store(true, Ordering::Release);
+    let stopped = agent.join().map_err(|_| "the agent thread panicked".to_string())?;
+    result?;
+    stopped.map_err(|error| error.to_string())?;
+    verify(sample, replica)
+}
+
+fn wait_for_state(
+    relay: std::net::SocketAddr,
+    state: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status: serde_json::Value = serde_json::from_str(&crate::status::fetch(relay)?)
+            .map_err(|error| error.to_string())?;
+        if status["disks"][0]["state"] == state {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("the disk did not become {state} within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the replica equals the source from byte `from` on (the part the workload
+/// wrote); returns how long that took.
+fn wait_identical(
+    source: &Path,
+    replica: &Path,
+    from: u64,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let read_tail = |path: &Path| -> Option<Vec<u8>> {
+        let file = File::open(path).ok()?;
+        let len = file.metadata().ok()?.len();
+        let mut buf = vec![0u8; len.checked_sub(from)? as usize];
+        file.read_exact_at(&mut buf, from).ok()?;
+        Some(buf)
+    };
+    loop {
+        if read_tail(source).is_some_and(|tail| Some(tail) == read_tail(replica)) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() >= timeout {
+            return Err(format!("the replica did not catch up within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn step(number: &str, text: &str) {
