@@ -361,3 +361,20 @@ fn resync_with_the_target_down_fails_clearly() {
         finished.describe()
     );
 }
+
+/// The README's first command, on the smallest sample: every step verifies its replica.
+#[test]
+fn quickstart_runs_every_step_and_verifies() {
+    let dir = TestDir::new("quickstart");
+    let work = dir.join("qs").display().to_string();
+    let finished = run_siterelay(
+        &["quickstart", "--size", "64MiB", "--dir", &work],
+        &dir.subdir("logs"),
+        AGENT_TIMEOUT,
+    );
+    assert!(finished.status.success(), "{}", finished.describe());
+    let verified = finished.stdout.matches("verified: replica is identical to the source").count();
+    assert_eq!(verified, 3, "three verifications expected\n{}", finished.describe());
+    assert!(finished.stdout.contains("replica caught up"), "{}", finished.describe());
+    assert!(!finished.stderr.contains("ERROR"), "{}", finished.describe());
+}
