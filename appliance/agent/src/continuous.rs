@@ -25,6 +25,10 @@ use crate::{state, AgentOptions, SyncMode};
 
 /// Items (writes, zero ranges) per frame.
 const FRAME_ITEMS_MAX: usize = 1024;
+/// How long a small write may wait for others to share its frame (see `Capture::ready_in`).
+const BATCH_DELAY: Duration = Duration::from_millis(2);
+/// The replicator's longest sleep: acks and state reports are handled at least this often.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
 const STATE_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a clean shutdown keeps sending what is queued before it records the rest in the
 /// bitmap instead.
@@ -281,6 +285,7 @@ impl Replicator<'_> {
         let mut payload = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
             let mut worked = false;
+            let mut sleep = IDLE_WAIT;
             for disk in self.link.take_lost() {
                 // Whatever the lost frames held is on the source: a resync finds it.
                 self.progress[disk].pending_sync = Some(SyncMode::Resync);
@@ -294,17 +299,18 @@ impl Replicator<'_> {
                     worked = true;
                 }
                 // Captured writes first: the bitmap drain needs an empty queue anyway.
-                if self.send_captured(disk, &mut items)? || self.drain_dirty(disk, &mut payload)? {
-                    worked = true;
+                let payload_min = self.limits.frame_payload_bytes as u64;
+                match self.capture.ready_in(disk, payload_min, FRAME_ITEMS_MAX, BATCH_DELAY) {
+                    Some(Duration::ZERO) => worked |= self.send_captured(disk, &mut items)?,
+                    Some(later) => sleep = sleep.min(later),
+                    None => worked |= self.drain_dirty(disk, &mut payload)?,
                 }
                 self.report(disk)?;
                 self.prune_inflight(disk);
             }
-            if worked {
-                self.link.poll(Duration::ZERO)?;
-            } else {
-                self.link.poll(Duration::from_millis(1))?;
-                self.capture.wait(&mut seen, Duration::from_millis(20));
+            self.link.poll(Duration::ZERO)?;
+            if !worked {
+                self.capture.wait(&mut seen, sleep);
             }
         }
         Ok(())

@@ -13,7 +13,8 @@ use std::thread::JoinHandle;
 use crate::capture::Capture;
 use crate::continuous::TapAddr;
 use crate::error::AgentError;
-use crate::tap::ConnectionSlots;
+use crate::tap::{ConnectionSlots, Duplex, READ_BUFFER_BYTES};
+use std::io;
 
 /// A way to shut down one open connection from another thread.
 enum Handle {
@@ -176,8 +177,16 @@ fn accept_loop(
         let spawned = std::thread::Builder::new().name("nbd-conn".into()).spawn(move || {
             let _slot = slot;
             let result = match connection {
-                Connection::Tcp(mut stream) => crate::tap::serve(&mut stream, &capture, &peer),
-                Connection::Unix(mut stream) => crate::tap::serve(&mut stream, &capture, &peer),
+                Connection::Tcp(stream) => {
+                    let reader = io::BufReader::with_capacity(READ_BUFFER_BYTES, &stream);
+                    let mut duplex = Duplex { reader, writer: &stream };
+                    crate::tap::serve(&mut duplex, &capture, &peer)
+                }
+                Connection::Unix(stream) => {
+                    let reader = io::BufReader::with_capacity(READ_BUFFER_BYTES, &stream);
+                    let mut duplex = Duplex { reader, writer: &stream };
+                    crate::tap::serve(&mut duplex, &capture, &peer)
+                }
             };
             match result {
                 Ok(()) => log::debug!("nbd {peer}: disconnected"),

@@ -188,7 +188,10 @@ impl DiskSync<'_> {
             action: "read source disk",
             path: self.name.into(),
             source,
-        })
+        })?;
+        // A sync reads each byte once: keep the workload's page cache, not ours.
+        fsio::drop_cache(self.source, offset, buf.len() as u64);
+        Ok(())
     }
 
     fn report_state(&mut self, state: DiskStateKind, done_bytes: u64) -> Result<(), AgentError> {

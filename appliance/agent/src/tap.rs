@@ -40,6 +40,32 @@ fn transmission_flags(structured: bool) -> u16 {
     }
 }
 
+/// A connection's two directions: reads through a buffer, so one `recv` usually brings a
+/// request header together with its payload (small writes cost one syscall, not two).
+pub(crate) struct Duplex<R: Read, W: Write> {
+    pub(crate) reader: io::BufReader<R>,
+    pub(crate) writer: W,
+}
+
+/// Large enough for a request and a typical write payload in one `recv`.
+pub(crate) const READ_BUFFER_BYTES: usize = 128 << 10;
+
+impl<R: Read, W: Write> Read for Duplex<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+impl<R: Read, W: Write> Write for Duplex<R, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
 /// Serves one client connection to the end. Errors are logged by the caller.
 pub(crate) fn serve<S: Read + Write>(
     stream: &mut S,

@@ -172,3 +172,17 @@ fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>
         _ => Err(error),
     }
 }
+
+/// Tells the kernel the clean cached pages of `[offset, offset + len)` will not be needed
+/// again. A full-disk scan then leaves the page cache as it found it, instead of filling it
+/// with large readahead folios that make the workload's later small writes to the same file
+/// expensive (ext4 walks every block of a large folio on each partial write).
+pub fn drop_cache(file: &File, offset: u64, len: u64) {
+    let (Ok(start), Ok(length)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+    else {
+        return;
+    };
+    // SAFETY: posix_fadvise only reads its integer arguments; the fd is owned by `file` and
+    // open. The advice is a hint: a failure changes nothing we rely on.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), start, length, libc::POSIX_FADV_DONTNEED) };
+}
