@@ -576,3 +576,32 @@ fn relay_cache_loss_leads_to_a_resync() {
         rig.cluster.diagnostics()
     );
 }
+
+#[test]
+fn damaged_bitmap_after_a_clean_stop_forces_a_resync() {
+    if !require_tools("damaged_bitmap_resync", &["cmp", "qemu-io"]) {
+        return;
+    }
+    let size = 32 * MIB;
+    let mut rig = TapRig::start("tap-badbitmap", size, None);
+    rig.cluster.relay.kill();
+    rig.qemu_io(&[], &random_write_script(0xbad_0001, size, 200, 0), "while-down");
+    let status = rig.agent.terminate(STOP_TIMEOUT).unwrap_or_else(|error| panic!("{error}"));
+    assert!(status.success(), "agent stop: {status}\n{}", rig.agent_log_tail());
+    // The bitmap file is damaged while the agent is down (a torn write, a bad sector).
+    let bitmap = rig.cluster.dir.join("agent-state").join("d0.dirty");
+    let mut bytes = fs::read(&bitmap).expect("read bitmap");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    fs::write(&bitmap, &bytes).expect("damage bitmap");
+    rig.cluster.relay.start();
+    let offset = rig.agent.log_len();
+    rig.agent.start();
+    let log = rig
+        .agent
+        .wait_log_since(offset, PROTECT_TIMEOUT, |text| text.contains("disk d0: protected"))
+        .unwrap_or_else(|text| panic!("no protected after restart:\n{}", tail(&text, 40)));
+    assert!(log.contains("is unverifiable: checksum mismatch"), "{log}");
+    assert!(log.contains("checksum resync done"), "{log}");
+    rig.converge("after a resync replaced the damaged bitmap");
+}
