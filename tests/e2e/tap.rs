@@ -70,6 +70,15 @@ impl TapRig {
     fn agent_log_tail(&self) -> String {
         tail(&self.agent.log(), 60)
     }
+
+    /// Starts the (stopped) agent again and returns its log up to `disk d0: protected`.
+    fn restart_agent_until_protected(&mut self, context: &str) -> String {
+        let offset = self.agent.log_len();
+        self.agent.start();
+        self.agent
+            .wait_log_since(offset, PROTECT_TIMEOUT, |text| text.contains("disk d0: protected"))
+            .unwrap_or_else(|text| panic!("{context}: not protected:\n{}", tail(&text, 40)))
+    }
 }
 
 /// Runs a qemu-io command script (stdin) against `target` (an NBD URI or a file).
@@ -409,12 +418,7 @@ fn agent_kill9_mid_workload_resyncs_and_converges() {
         Some("protected"),
         "the relay must not claim protection for a disk whose agent vanished"
     );
-    let offset = rig.agent.log_len();
-    rig.agent.start();
-    let log = rig
-        .agent
-        .wait_log_since(offset, PROTECT_TIMEOUT, |text| text.contains("disk d0: protected"))
-        .unwrap_or_else(|text| panic!("no protected after restart:\n{}", tail(&text, 40)));
+    let log = rig.restart_agent_until_protected("no protected after restart");
     assert!(log.contains("did not shut down cleanly; resyncing"), "expected a resync:\n{log}");
     rig.converge("after kill -9 of the agent and its resync");
     // And it keeps capturing afterwards.
@@ -435,12 +439,7 @@ fn clean_stop_with_relay_down_drains_only_the_bitmap() {
     assert!(status.success(), "agent stop: {status}\n{}", rig.agent_log_tail());
     assert!(rig.agent.log().contains("clean shutdown"), "{}", rig.agent_log_tail());
     rig.cluster.relay.start();
-    let offset = rig.agent.log_len();
-    rig.agent.start();
-    let log = rig
-        .agent
-        .wait_log_since(offset, PROTECT_TIMEOUT, |text| text.contains("disk d0: protected"))
-        .unwrap_or_else(|text| panic!("no protected after restart:\n{}", tail(&text, 40)));
+    let log = rig.restart_agent_until_protected("no protected after restart");
     assert!(log.contains("dirty since the last run; reading them back"), "{log}");
     assert!(!log.contains("checksum resync"), "a clean stop must not need a resync:\n{log}");
     rig.converge("after draining the bitmap");
@@ -530,12 +529,7 @@ fn grown_source_disk_forces_a_resync() {
     let mut tail_data = vec![0u8; MIB as usize];
     Rng::new(0x960_0001).fill(&mut tail_data);
     write_at(&rig.source, 47 * MIB, &tail_data);
-    let offset = rig.agent.log_len();
-    rig.agent.start();
-    let log = rig
-        .agent
-        .wait_log_since(offset, PROTECT_TIMEOUT, |text| text.contains("disk d0: protected"))
-        .unwrap_or_else(|text| panic!("no protected after the resize:\n{}", tail(&text, 40)));
+    let log = rig.restart_agent_until_protected("no protected after the resize");
     assert!(log.contains("size changed to 50331648 bytes; resyncing"), "{log}");
     rig.converge("after growing the source");
     rig.qemu_io(&[], &random_write_script(0x960_0002, 48 * MIB, 200, 0), "after-grow");
@@ -595,12 +589,7 @@ fn damaged_bitmap_after_a_clean_stop_forces_a_resync() {
     bytes[middle] ^= 0x5a;
     fs::write(&bitmap, &bytes).expect("damage bitmap");
     rig.cluster.relay.start();
-    let offset = rig.agent.log_len();
-    rig.agent.start();
-    let log = rig
-        .agent
-        .wait_log_since(offset, PROTECT_TIMEOUT, |text| text.contains("disk d0: protected"))
-        .unwrap_or_else(|text| panic!("no protected after restart:\n{}", tail(&text, 40)));
+    let log = rig.restart_agent_until_protected("no protected after restart");
     assert!(log.contains("is unverifiable: checksum mismatch"), "{log}");
     assert!(log.contains("checksum resync done"), "{log}");
     rig.converge("after a resync replaced the damaged bitmap");

@@ -7,7 +7,6 @@
 //! else (a crash, a lost or damaged bitmap, a size change) means a checksum resync.
 
 use std::collections::VecDeque;
-use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -166,18 +165,7 @@ fn prepare_disk(
     capture_options: &CaptureOptions,
     source: &crate::DiskSource,
 ) -> Result<(DiskSetup, DiskProgress), AgentError> {
-    let file = OpenOptions::new().read(true).write(true).open(&source.path).map_err(|error| {
-        AgentError::Io {
-            action: "open source disk read-write",
-            path: source.path.clone(),
-            source: error,
-        }
-    })?;
-    let size_bytes = fsio::size_of(&file).map_err(|error| AgentError::Io {
-        action: "get the size of",
-        path: source.path.clone(),
-        source: error,
-    })?;
+    let (file, size_bytes) = crate::open_source(source, true)?;
     let state_path = state::state_path(&options.state_dir, &source.name);
     let bitmap_path = state::bitmap_path(&options.state_dir, &source.name);
     let (mut disk_state, pending_sync, dirty) = match state::load(&state_path)? {

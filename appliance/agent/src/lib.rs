@@ -208,17 +208,25 @@ fn sync_disks(
     Ok(reports)
 }
 
-fn open_disk(options: &AgentOptions, source: &DiskSource) -> Result<OpenDisk, AgentError> {
-    let file = File::open(&source.path).map_err(|error| AgentError::Io {
-        action: "open source disk",
-        path: source.path.clone(),
-        source: error,
-    })?;
+/// Opens a source disk (read-write for the tap, which applies writes to it) and its size.
+fn open_source(source: &DiskSource, writable: bool) -> Result<(File, u64), AgentError> {
+    let file = std::fs::OpenOptions::new().read(true).write(writable).open(&source.path).map_err(
+        |error| AgentError::Io {
+            action: if writable { "open source disk read-write" } else { "open source disk" },
+            path: source.path.clone(),
+            source: error,
+        },
+    )?;
     let size_bytes = fsio::size_of(&file).map_err(|error| AgentError::Io {
         action: "get the size of",
         path: source.path.clone(),
         source: error,
     })?;
+    Ok((file, size_bytes))
+}
+
+fn open_disk(options: &AgentOptions, source: &DiskSource) -> Result<OpenDisk, AgentError> {
+    let (file, size_bytes) = open_source(source, false)?;
     let state_path = state::state_path(&options.state_dir, &source.name);
     let (state, mode) = match state::load(&state_path)? {
         Some(_) | None if options.take_over => {

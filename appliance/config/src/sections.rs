@@ -196,7 +196,7 @@ impl Default for AgentConfig {
         AgentConfig {
             relay: loopback(7700),
             state_dir: PathBuf::from("/var/lib/siterelay/agent"),
-            block_bytes: 64 * KIB,
+            block_bytes: 4 * KIB,
             read_chunk_bytes: 4 * MIB,
             frame_payload_bytes: MIB,
             window_bytes: 64 * MIB,

@@ -70,7 +70,7 @@ fn default_values_match_schema() {
     assert_eq!(config.relay.segment_bytes, 64 * MIB);
     assert_eq!(config.target.listen, config.relay.target);
     assert_eq!(config.agent.relay, config.relay.listen);
-    assert_eq!(config.agent.block_bytes, 64 * KIB);
+    assert_eq!(config.agent.block_bytes, 4 * KIB);
     assert_eq!(config.agent.frame_payload_bytes, MIB);
     assert!(config.agent.disks.is_empty());
 }
@@ -324,7 +324,10 @@ fn every_limit_is_enforced_with_dotted_key() {
         ("[agent]\nblock_bytes = \"48KiB\"", "agent.block_bytes"),
         ("[agent]\nread_chunk_bytes = \"32KiB\"", "agent.read_chunk_bytes"),
         ("[agent]\nread_chunk_bytes = \"128MiB\"", "agent.read_chunk_bytes"),
-        ("[agent]\nread_chunk_bytes = \"96KiB\"", "agent.read_chunk_bytes"),
+        (
+            "[agent]\nblock_bytes = \"64KiB\"\nread_chunk_bytes = \"96KiB\"",
+            "agent.read_chunk_bytes",
+        ),
         ("[agent]\nframe_payload_bytes = \"32KiB\"", "agent.frame_payload_bytes"),
         ("[agent]\nframe_payload_bytes = \"16MiB\"", "agent.frame_payload_bytes"),
         ("[agent]\nwindow_bytes = \"1MiB\"", "agent.window_bytes"),

@@ -34,6 +34,19 @@ pub(crate) struct Disk {
     pub(crate) position_known: bool,
 }
 
+impl Disk {
+    /// The identity the relay stores with each record and attaches at the target.
+    pub(crate) fn info(&self) -> wire::DiskInfo<'_> {
+        wire::DiskInfo {
+            name: &self.name,
+            generation: self.generation,
+            size_bytes: self.size_bytes,
+            take_over: self.take_over,
+            fresh: false,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Disks {
     pub(crate) list: Vec<Disk>,

@@ -673,16 +673,9 @@ impl Relay {
 
     /// The disk's identity as stored in front of each of its cache records.
     fn stored_prefix(&self, disk: usize) -> Vec<u8> {
-        let entry = &self.disks.list[disk];
-        let info = DiskInfo {
-            name: &entry.name,
-            generation: entry.generation,
-            size_bytes: entry.size_bytes,
-            take_over: entry.take_over,
-            fresh: false,
-        };
         let mut prefix = Vec::with_capacity(128);
-        wire::encode_stored(&info, &[], &mut prefix).expect("registered disk names are valid");
+        wire::encode_stored(&self.disks.list[disk].info(), &[], &mut prefix)
+            .expect("registered disk names are valid");
         prefix
     }
 
@@ -956,15 +949,8 @@ impl Relay {
             if entry.position_known || self.target.attached.contains_key(&disk) {
                 continue;
             }
-            let info = DiskInfo {
-                name: &entry.name,
-                generation: entry.generation,
-                size_bytes: entry.size_bytes,
-                take_over: entry.take_over,
-                fresh: false,
-            };
             let link = self.conns.get_mut(&link_id).expect("checked by the caller");
-            link.push(&Frame::DiskAttach { disk_id: disk as u32, disk: info });
+            link.push(&Frame::DiskAttach { disk_id: disk as u32, disk: entry.info() });
             self.target.attached.insert(disk, (entry.generation, entry.size_bytes));
         }
     }
