@@ -181,15 +181,17 @@ impl Capture {
         let len = data.len() as u64;
         let mut state = self.lock(disk);
         capture.file.write_all_at(&data, offset)?;
-        let mut wake = false;
-        if self.must_mark(&mut state, offset, len) {
+        // The replicator is woken only when its work appears (a queue or bitmap that was
+        // empty); one futex wake per write halved the tap's rate.
+        let wake = if self.must_mark(&mut state, offset, len) {
+            let was_clean = state.dirty.is_clean();
             state.dirty.mark(offset, len);
             state.dirty_unsaved = true;
-            wake = true; // the bitmap drain has work
+            was_clean
         } else {
             self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-            wake = state.push(Captured::Data { offset, data, at: Instant::now() }) || wake;
-        }
+            state.push(Captured::Data { offset, data, at: Instant::now() })
+        };
         drop(state);
         if wake {
             self.notify();
@@ -204,9 +206,10 @@ impl Capture {
         fsio::zero_range(&capture.file, offset, len)?;
         // Zero extents carry no payload, so they only need the bitmap when order demands it.
         let wake = if self.must_mark(&mut state, offset, 0) {
+            let was_clean = state.dirty.is_clean();
             state.dirty.mark(offset, len);
             state.dirty_unsaved = true;
-            true
+            was_clean
         } else {
             state.push(Captured::Zero { offset, len, at: Instant::now() })
         };
