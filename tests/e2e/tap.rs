@@ -594,3 +594,29 @@ fn damaged_bitmap_after_a_clean_stop_forces_a_resync() {
     assert!(log.contains("checksum resync done"), "{log}");
     rig.converge("after a resync replaced the damaged bitmap");
 }
+
+#[test]
+fn agent_restart_against_a_relay_that_lost_its_cache_continues_the_sequence() {
+    if !require_tools("restart_after_cache_loss", &["cmp", "qemu-io"]) {
+        return;
+    }
+    let size = 32 * MIB;
+    let mut rig = TapRig::start("tap-restart-loss", size, None);
+    rig.qemu_io(&[], &random_write_script(0x7e5_0001, size, 300, 0), "before");
+    rig.converge("before the stop");
+    let status = rig.agent.terminate(STOP_TIMEOUT).unwrap_or_else(|error| panic!("{error}"));
+    assert!(status.success(), "agent stop: {status}\n{}", rig.agent_log_tail());
+    // While the agent is stopped the relay is rebuilt with an empty cache: it has no record of
+    // the disk, and the target holds hundreds of frames of its history.
+    rig.cluster.relay.kill();
+    fs::remove_dir_all(rig.cluster.dir.join("relay-cache")).expect("wipe the relay cache");
+    rig.cluster.relay.start();
+    rig.restart_agent_until_protected("restart against the new relay");
+    rig.qemu_io(&[], &random_write_script(0x7e5_0002, size, 300, 0), "after");
+    rig.converge("writes after the restart must reach the replica");
+    assert!(
+        rig.cluster.relay.log().contains("continuing from there"),
+        "{}",
+        rig.cluster.diagnostics()
+    );
+}

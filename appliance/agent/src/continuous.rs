@@ -98,7 +98,7 @@ pub fn run_continuous(
     stop: Arc<AtomicBool>,
 ) -> Result<(), AgentError> {
     let mut setups = Vec::with_capacity(options.disks.len());
-    let mut progress = Vec::with_capacity(options.disks.len());
+    let mut progress: Vec<DiskProgress> = Vec::with_capacity(options.disks.len());
     for source in &options.disks {
         let (setup, disk_progress) = prepare_disk(options, capture_options, source)?;
         setups.push(setup);
@@ -132,6 +132,11 @@ pub fn run_continuous(
     };
     let result =
         Link::connect(options.relay, crate::hostname(), link_disks, policy).and_then(|link| {
+            // Durable before the first frame: from now on this generation has a history the
+            // relay must not number from 1 again (see `wire::DiskInfo::fresh`).
+            for disk in &mut progress {
+                state::mark_sent(&disk.state_path, &mut disk.state)?;
+            }
             let mut replicator = Replicator {
                 link,
                 lag: crate::lag::LagMeter::new(capture.disks.len()),
