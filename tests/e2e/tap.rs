@@ -167,10 +167,16 @@ fn qemu_io_random_bursts_writethrough_writeback_and_aio() {
     }
     aio.push_str("aio_flush\n");
 
+    // Requests larger than a frame (NBD allows 32 MiB; a frame carries at most 8 MiB).
+    let large = "write -q -P 0x5c 1048576 16777216\nwrite -q -z 20971520 12582912\n\
+                 write -q -f -P 0x3d 33554432 25165824\nflush\n"
+        .to_string();
+
     for (label, extra, script) in [
         ("writethrough", &[][..], &writethrough),
         ("writeback", &["-t", "writeback"][..], &writeback),
         ("aio", &["-t", "writeback"][..], &aio),
+        ("large", &[][..], &large),
     ] {
         let started = Instant::now();
         rig.qemu_io(extra, script, &format!("tap-{label}"));

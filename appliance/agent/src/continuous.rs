@@ -357,6 +357,24 @@ impl Replicator<'_> {
         if items.is_empty() {
             return Ok(false);
         }
+        let payload_max = self.limits.frame_payload_bytes;
+        if let [Captured::Data { data, .. }] = items.as_slice() {
+            if data.len() > payload_max {
+                // One write larger than a frame (NBD allows up to 32 MiB): split it.
+                let Some(Captured::Data { offset, data, at }) = items.pop() else {
+                    unreachable!("matched above")
+                };
+                for (index, chunk) in data.chunks(payload_max).enumerate() {
+                    let chunk_offset = offset + (index * payload_max) as u64;
+                    let extent = Extent { offset: chunk_offset, len: chunk.len() as u32, flags: 0 };
+                    let range = (chunk_offset, chunk.len() as u64);
+                    self.send_writes(disk, vec![extent], std::iter::once(chunk), vec![range])?;
+                }
+                self.lag.sent(disk, self.link.peek_next_seq(disk) - 1, at);
+                self.capture.recycle(data);
+                return Ok(true);
+            }
+        }
         let mut extents = Vec::with_capacity(items.len());
         let mut ranges = Vec::with_capacity(items.len());
         let mut oldest = None;
@@ -377,11 +395,17 @@ impl Replicator<'_> {
         }
         let marker = matches!(items.last(), Some(Captured::Flush));
         if !extents.is_empty() {
-            let data = items.drain(..).filter_map(|item| match item {
-                Captured::Data { data, .. } => Some(data),
-                _ => None,
-            });
-            self.send_writes(disk, extents, data, ranges)?;
+            let buffers: Vec<Vec<u8>> = items
+                .drain(..)
+                .filter_map(|item| match item {
+                    Captured::Data { data, .. } => Some(data),
+                    _ => None,
+                })
+                .collect();
+            self.send_writes(disk, extents, buffers.iter().map(Vec::as_slice), ranges)?;
+            for buffer in buffers {
+                self.capture.recycle(buffer);
+            }
             if let Some(at) = oldest {
                 let seq = self.link.peek_next_seq(disk) - 1;
                 self.lag.sent(disk, seq, at);
@@ -393,21 +417,20 @@ impl Replicator<'_> {
         Ok(true)
     }
 
-    /// Sends one `Writes` frame; `data` holds the payload of the data extents, in order, and
-    /// each piece is copied once, into the frame, then its buffer goes back to the tap.
-    fn send_writes(
+    /// Sends one `Writes` frame; `data` holds the payload of the data extents, in order, each
+    /// piece copied once, into the frame.
+    fn send_writes<'d>(
         &mut self,
         disk: usize,
         extents: Vec<Extent>,
-        data: impl Iterator<Item = Vec<u8>>,
+        data: impl Iterator<Item = &'d [u8]>,
         ranges: Vec<(u64, u64)>,
     ) -> Result<(), AgentError> {
         let seq = self.link.next_seq(disk);
         let mut bytes = self.link.take_frame_buffer();
         let mut frame = wire::WritesFrame::begin(disk as u32, seq, extents, &mut bytes)?;
         for piece in data {
-            frame.append(&piece);
-            self.capture.recycle(piece);
+            frame.append(piece);
         }
         frame.finish();
         self.progress[disk].inflight.push_back((seq, ranges));
@@ -459,14 +482,14 @@ impl Replicator<'_> {
         drop(state);
         self.progress[disk].drain_cursor = offset + len;
         let mut extents = Vec::new();
-        let data = if wire::is_zero(payload) {
+        let data: &[u8] = if wire::is_zero(payload) {
             push_zero_extents(&mut extents, offset, len);
-            None
+            &[]
         } else {
             extents.push(Extent { offset, len: len as u32, flags: 0 });
-            Some(std::mem::take(payload))
+            payload
         };
-        self.send_writes(disk, extents, data.into_iter(), vec![(offset, len)])?;
+        self.send_writes(disk, extents, std::iter::once(data), vec![(offset, len)])?;
         Ok(true)
     }
 
