@@ -71,6 +71,12 @@ impl TapRig {
         tail(&self.agent.log(), 60)
     }
 
+    /// SIGTERM to the agent; it must exit 0.
+    fn stop_agent_cleanly(&mut self) {
+        let status = self.agent.terminate(STOP_TIMEOUT).unwrap_or_else(|error| panic!("{error}"));
+        assert!(status.success(), "agent stop: {status}\n{}", self.agent_log_tail());
+    }
+
     /// Starts the (stopped) agent again and returns its log up to `disk d0: protected`.
     fn restart_agent_until_protected(&mut self, context: &str) -> String {
         let offset = self.agent.log_len();
@@ -81,14 +87,14 @@ impl TapRig {
     }
 }
 
-/// Runs a qemu-io command script (stdin) against `target` (an NBD URI or a file).
-fn qemu_io_script(
+/// Starts qemu-io on a command script (stdin) against `target` (an NBD URI or a file).
+fn spawn_qemu_io(
     target: &str,
     extra: &[&str],
     script: &str,
     dir: &TestDir,
     label: &str,
-) -> Finished {
+) -> Running {
     let script_path = dir.join(&format!("{label}.qio"));
     fs::write(&script_path, script).expect("write qemu-io script");
     let mut args: Vec<OsString> = vec!["-f".into(), "raw".into()];
@@ -100,14 +106,25 @@ fn qemu_io_script(
         args.iter().map(|arg| arg.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "),
         script_path.display()
     );
-    let finished = Running::spawn_program(
+    Running::spawn_program(
         Path::new("/bin/sh"),
         &["-c".into(), shell.into()],
         &dir.subdir("logs"),
         label,
     )
-    .wait(CLIENT_TIMEOUT)
-    .unwrap_or_else(|error| panic!("qemu-io {label}: {error}"));
+}
+
+/// Runs a qemu-io command script to completion; any reported failure fails the test.
+fn qemu_io_script(
+    target: &str,
+    extra: &[&str],
+    script: &str,
+    dir: &TestDir,
+    label: &str,
+) -> Finished {
+    let finished = spawn_qemu_io(target, extra, script, dir, label)
+        .wait(CLIENT_TIMEOUT)
+        .unwrap_or_else(|error| panic!("qemu-io {label}: {error}"));
     assert!(finished.status.success(), "qemu-io {label} failed\n{}", finished.describe());
     // qemu-io reports failed commands on stdout/stderr but may still exit 0.
     for text in [&finished.stdout, &finished.stderr] {
@@ -236,8 +253,7 @@ fn nbdcopy_whole_image_over_four_connections_and_a_unix_socket() {
 }
 
 fn rig_restart_on_unix_socket(mut rig: TapRig, image: &Path) {
-    let status = rig.agent.terminate(STOP_TIMEOUT).unwrap_or_else(|error| panic!("{error}"));
-    assert!(status.success(), "agent stop: {status}\n{}", rig.agent_log_tail());
+    rig.stop_agent_cleanly();
     let socket = rig.cluster.dir.join("tap.sock");
     let mut agent = Server::agent_tap(
         rig.cluster.relay.addr(),
@@ -401,20 +417,8 @@ fn agent_kill9_mid_workload_resyncs_and_converges() {
     let size = 64 * MIB;
     let mut rig = TapRig::start("tap-kill9", size, None);
     let script = random_write_script(0xdead_0001, size, 60_000, 0);
-    let script_path = rig.cluster.dir.join("long.qio");
-    fs::write(&script_path, &script).expect("write script");
-    let shell = format!(
-        "exec {} -f raw -t writeback {} < {}",
-        tool("qemu-io").display(),
-        rig.uri(),
-        script_path.display()
-    );
-    let client = Running::spawn_program(
-        Path::new("/bin/sh"),
-        &["-c".into(), shell.into()],
-        &rig.cluster.dir.subdir("logs"),
-        "long-workload",
-    );
+    let client =
+        spawn_qemu_io(&rig.uri(), &["-t", "writeback"], &script, &rig.cluster.dir, "long-workload");
     std::thread::sleep(Duration::from_millis(1500));
     rig.agent.kill();
     // The client dies with the connection; whatever reached the source stays there.
@@ -441,8 +445,7 @@ fn clean_stop_with_relay_down_drains_only_the_bitmap() {
     let mut rig = TapRig::start("tap-cleanstop", size, None);
     rig.cluster.relay.kill();
     rig.qemu_io(&[], &random_write_script(0x5709_0001, size, 300, 0), "while-down");
-    let status = rig.agent.terminate(STOP_TIMEOUT).unwrap_or_else(|error| panic!("{error}"));
-    assert!(status.success(), "agent stop: {status}\n{}", rig.agent_log_tail());
+    rig.stop_agent_cleanly();
     assert!(rig.agent.log().contains("clean shutdown"), "{}", rig.agent_log_tail());
     rig.cluster.relay.start();
     let log = rig.restart_agent_until_protected("no protected after restart");
@@ -482,17 +485,7 @@ fn relay_and_target_kill9_under_a_tap_workload() {
     let reference = rig.cluster.dir.join("reference.img");
     fs::copy(&rig.source, &reference).expect("copy reference");
     let script = random_write_script(0x9e11_0001, size, 30_000, 5);
-    let script_path = rig.cluster.dir.join("workload.qio");
-    fs::write(&script_path, &script).expect("write script");
-    let shell = format!(
-        "exec {} -f raw -t writeback {} < {}",
-        tool("qemu-io").display(),
-        rig.uri(),
-        script_path.display()
-    );
-    let logs = rig.cluster.dir.subdir("logs");
-    let client =
-        Running::spawn_program(Path::new("/bin/sh"), &["-c".into(), shell.into()], &logs, "load");
+    let client = spawn_qemu_io(&rig.uri(), &["-t", "writeback"], &script, &rig.cluster.dir, "load");
     let mut rng = Rng::new(0x9e11_0002);
     for round in 0..4 {
         std::thread::sleep(Duration::from_millis(rng.range(100, 400)));
@@ -528,8 +521,7 @@ fn grown_source_disk_forces_a_resync() {
         return;
     }
     let mut rig = TapRig::start("tap-grow", 32 * MIB, None);
-    let status = rig.agent.terminate(STOP_TIMEOUT).unwrap_or_else(|error| panic!("{error}"));
-    assert!(status.success(), "agent stop: {status}\n{}", rig.agent_log_tail());
+    rig.stop_agent_cleanly();
     let file = fs::OpenOptions::new().write(true).open(&rig.source).expect("open source");
     file.set_len(48 * MIB).expect("grow source");
     let mut tail_data = vec![0u8; MIB as usize];
@@ -586,8 +578,7 @@ fn damaged_bitmap_after_a_clean_stop_forces_a_resync() {
     let mut rig = TapRig::start("tap-badbitmap", size, None);
     rig.cluster.relay.kill();
     rig.qemu_io(&[], &random_write_script(0xbad_0001, size, 200, 0), "while-down");
-    let status = rig.agent.terminate(STOP_TIMEOUT).unwrap_or_else(|error| panic!("{error}"));
-    assert!(status.success(), "agent stop: {status}\n{}", rig.agent_log_tail());
+    rig.stop_agent_cleanly();
     // The bitmap file is damaged while the agent is down (a torn write, a bad sector).
     let bitmap = rig.cluster.dir.join("agent-state").join("d0.dirty");
     let mut bytes = fs::read(&bitmap).expect("read bitmap");
@@ -610,8 +601,7 @@ fn agent_restart_against_a_relay_that_lost_its_cache_continues_the_sequence() {
     let mut rig = TapRig::start("tap-restart-loss", size, None);
     rig.qemu_io(&[], &random_write_script(0x7e5_0001, size, 300, 0), "before");
     rig.converge("before the stop");
-    let status = rig.agent.terminate(STOP_TIMEOUT).unwrap_or_else(|error| panic!("{error}"));
-    assert!(status.success(), "agent stop: {status}\n{}", rig.agent_log_tail());
+    rig.stop_agent_cleanly();
     // While the agent is stopped the relay is rebuilt with an empty cache: it has no record of
     // the disk, and the target holds hundreds of frames of its history.
     rig.cluster.relay.kill();

@@ -232,6 +232,12 @@ impl Capture {
             || self.queued_bytes.load(Ordering::Relaxed) + len > self.buffer_bytes_max
     }
 
+    /// Moves everything queued for `disk` into its bitmap (shutdown: the relay will not get it).
+    pub(crate) fn spill(&self, disk: usize) {
+        let mut state = self.lock(disk);
+        self.spill_queue(&mut state);
+    }
+
     /// Moves everything queued into the bitmap, freeing the buffer while the relay is away.
     fn spill_queue(&self, state: &mut CaptureState) {
         while let Some(item) = state.pop() {

@@ -569,19 +569,7 @@ impl Replicator<'_> {
                     self.capture.mark_dirty(disk, offset, len);
                 }
             }
-            let mut leftover = Vec::new();
-            self.capture.take(disk, usize::MAX, usize::MAX, &mut leftover);
-            for item in leftover {
-                match item {
-                    Captured::Data { offset, data, .. } => {
-                        self.capture.mark_dirty(disk, offset, data.len() as u64)
-                    }
-                    Captured::Zero { offset, len, .. } => {
-                        self.capture.mark_dirty(disk, offset, len)
-                    }
-                    Captured::Flush => {}
-                }
-            }
+            self.capture.spill(disk);
             let sync_unfinished = progress.pending_sync.is_some()
                 || self.link.durable_seq(disk) < progress.sync_end_seq;
             let _ = report_state(
@@ -629,10 +617,7 @@ fn finish_disk(
     sync_unfinished: bool,
 ) -> Result<(), AgentError> {
     let source = &capture.disks[disk];
-    let io =
-        |action, error| AgentError::Io { action, path: progress.state_path.clone(), source: error };
-    source.file.sync_data().map_err(|error| io("flush source disk for", error))?;
-    capture.save_bitmap(disk).map_err(|error| io("write the dirty bitmap for", error))?;
+    make_durable(capture, disk)?;
     if sync_unfinished {
         log::warn!("disk {}: sync unfinished; the next start resyncs", source.name);
         return Ok(());
@@ -647,29 +632,20 @@ fn finish_disk(
 /// Shutdown before the relay was ever reached: every captured write is in the bitmap.
 fn shut_down_offline(capture: &Capture) -> Result<(), AgentError> {
     for disk in 0..capture.disks.len() {
-        let mut leftover = Vec::new();
-        capture.take(disk, usize::MAX, usize::MAX, &mut leftover);
-        for item in leftover {
-            if let Captured::Data { offset, data, .. } = item {
-                capture.mark_dirty(disk, offset, data.len() as u64);
-            } else if let Captured::Zero { offset, len, .. } = item {
-                capture.mark_dirty(disk, offset, len);
-            }
-        }
-        let source = &capture.disks[disk];
-        source.file.sync_data().map_err(|error| AgentError::Io {
-            action: "flush",
-            path: PathBuf::from(&source.name),
-            source: error,
-        })?;
-        capture.save_bitmap(disk).map_err(|error| AgentError::Io {
-            action: "write the dirty bitmap of",
-            path: PathBuf::from(&source.name),
-            source: error,
-        })?;
+        capture.spill(disk);
+        make_durable(capture, disk)?;
     }
     // The sync state is unknown to this path, so the next start resyncs (state stays unclean).
     Ok(())
+}
+
+/// Flushes the source and writes the bitmap: what the bitmap says holds after a power cut.
+fn make_durable(capture: &Capture, disk: usize) -> Result<(), AgentError> {
+    let source = &capture.disks[disk];
+    let io =
+        |action, error| AgentError::Io { action, path: PathBuf::from(&source.name), source: error };
+    source.file.sync_data().map_err(|error| io("flush source disk", error))?;
+    capture.save_bitmap(disk).map_err(|error| io("write the dirty bitmap of disk", error))
 }
 
 #[cfg(test)]

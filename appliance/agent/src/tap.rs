@@ -15,8 +15,6 @@ use nbd::{ClientOption, Command, Export, Request};
 
 use crate::capture::Capture;
 
-/// Extents answered per block-status request; clients ask again for the rest.
-const BLOCK_STATUS_EXTENTS_MAX: usize = 1024;
 /// Option payloads larger than this are skipped and refused rather than read into memory;
 /// more than this and the connection is closed.
 const OPTION_DISCARD_BYTES_MAX: u32 = 1 << 20;
@@ -408,11 +406,12 @@ fn send_block_status<S: Write>(
     reply: &mut Vec<u8>,
 ) -> io::Result<()> {
     let len = u64::from(request.length);
-    let data = fsio::data_ranges(&disk.file, request.offset, len, BLOCK_STATUS_EXTENTS_MAX)
-        .unwrap_or_else(
-            // Without hole information, everything is data: always a correct answer.
-            |_| vec![(request.offset, len)],
-        );
+    let data =
+        fsio::data_ranges(&disk.file, request.offset, len, nbd::limits::BLOCK_STATUS_EXTENTS_MAX)
+            .unwrap_or_else(
+                // Without hole information, everything is data: always a correct answer.
+                |_| vec![(request.offset, len)],
+            );
     let req_one = request.flags & CMD_FLAG_REQ_ONE != 0;
     let extents = nbd::block_status_extents(
         request.offset,
