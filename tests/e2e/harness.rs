@@ -267,7 +267,9 @@ impl Server {
     /// SIGTERM (a clean stop) and wait up to `timeout` for the exit status; SIGKILL after.
     pub(crate) fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
         let mut child = self.child.take().ok_or_else(|| format!("{} not running", self.role))?;
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        // The shell's built-in kill: /bin/kill (procps) is not on every minimal system.
+        let command = format!("kill -TERM {}", child.id());
+        let _ = Command::new("/bin/sh").args(["-c", &command]).status();
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
