@@ -65,10 +65,20 @@ fn trial_seeds(victim: Victim) -> Vec<u64> {
     (0..trials).map(|trial| victim.seed_base() + trial).collect()
 }
 
-/// Bytes allocated on disk for `path` (0 if it does not exist yet): the target writes data
-/// extents into a sparse replica, so this grows with the sync's progress.
+/// Bytes allocated on disk for `path` (0 if it does not exist yet).
 fn allocated_bytes(path: &Path) -> u64 {
     fs::metadata(path).map(|meta| meta.blocks() * 512).unwrap_or(0)
+}
+
+/// Data the target holds for `disk`: its redo journal (which every acked write enters,
+/// uncompressed) and its replica image (the journal pruned into it), so this grows with the
+/// sync's progress.
+fn target_bytes(cluster: &Cluster, disk: &str) -> u64 {
+    let journal = cluster.dir.join("target-data").join("disks").join(disk).join("journal");
+    let segments: u64 = fs::read_dir(journal)
+        .map(|entries| entries.flatten().map(|entry| allocated_bytes(&entry.path())).sum())
+        .unwrap_or(0);
+    segments + allocated_bytes(&cluster.replica(disk))
 }
 
 /// Longest wait for a kill moment; past it the kill happens anyway.
@@ -121,7 +131,7 @@ fn run_trial(victim: Victim, seed: u64) -> TrialOutcome {
         let threshold = data_bytes * permille / 1000;
         let waited = Instant::now();
         while running.is_running()
-            && allocated_bytes(&replica) < threshold
+            && target_bytes(&cluster, "disk") < threshold
             && waited.elapsed() < KILL_WAIT_MAX
         {
             thread::sleep(Duration::from_millis(1));
@@ -147,7 +157,7 @@ fn run_trial(victim: Victim, seed: u64) -> TrialOutcome {
         outcome.kills_mid_sync
     );
     let finished = cluster.expect_agent_success(&context, finished);
-    if let Err(error) = files_identical(&source, &replica) {
+    if let Err(error) = replica_converges(&source, &replica, REPLICA_PRUNE_TIMEOUT) {
         panic!(
             "{context}: agent reported success but {error}\n  agent:\n{}\n{}",
             finished.describe(),

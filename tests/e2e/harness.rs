@@ -200,10 +200,19 @@ pub(crate) struct Server {
     incarnations: u32,
 }
 
+/// Retention that keeps nothing but the newest point: pruning moves the base image up to each
+/// new point at once.
+pub(crate) const TARGET_NEWEST_POINT_ONLY: &str = "[target]\npoint_interval_secs = 1\n\
+    [target.retention]\nkeep_all_secs = 0\nbucket_secs = 1\nwindow_secs = 1\n";
+
 impl Server {
-    /// A target on a fresh port, data in `data_dir`. Not started yet.
+    /// A target on a fresh port, data in `data_dir`, keeping only the newest recovery point
+    /// (so its replica image is the source as of the last point). Not started yet.
     pub(crate) fn target(data_dir: &Path, log_dir: &Path) -> Server {
-        Self::target_with(data_dir, log_dir, &[])
+        std::fs::create_dir_all(log_dir).expect("create log dir");
+        let config = log_dir.join("target-newest-point-only.toml");
+        std::fs::write(&config, TARGET_NEWEST_POINT_ONLY).expect("write target config");
+        Self::target_with(data_dir, log_dir, &["--config", config.to_str().expect("utf-8 path")])
     }
 
     pub(crate) fn target_with(data_dir: &Path, log_dir: &Path, extra: &[&str]) -> Server {
@@ -763,11 +772,11 @@ impl Cluster {
         finished
     }
 
-    /// `cmp SOURCE REPLICA`, panicking with the server logs on a difference.
+    /// `cmp SOURCE REPLICA`, panicking with the server logs on a difference. The replica image
+    /// is the base the target prunes into after each point, a step that follows the ack: it
+    /// gets a few seconds.
     pub(crate) fn assert_replica_identical(&self, source: &Path, disk: &str, context: &str) {
-        if let Err(error) = files_identical(source, &self.replica(disk)) {
-            panic!("{context}: {error}\n{}", self.diagnostics());
-        }
+        self.wait_replica_identical(source, disk, REPLICA_PRUNE_TIMEOUT, context);
     }
 
     /// `siterelay status --connect ADDR --json`, parsed.
@@ -811,19 +820,11 @@ impl Cluster {
         timeout: Duration,
         context: &str,
     ) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let result = files_identical(source, &self.replica(disk));
-            match result {
-                Ok(()) => return,
-                Err(error) if Instant::now() >= deadline => {
-                    panic!(
-                        "{context}: replica did not converge within {timeout:?}: {error}\n{}",
-                        self.diagnostics()
-                    )
-                }
-                Err(_) => thread::sleep(Duration::from_millis(200)),
-            }
+        if let Err(error) = replica_converges(source, &self.replica(disk), timeout) {
+            panic!(
+                "{context}: replica did not converge within {timeout:?}: {error}\n{}",
+                self.diagnostics()
+            )
         }
     }
 }
@@ -1206,5 +1207,25 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> usize {
 pub(crate) fn assert_files_identical(a: &Path, b: &Path) {
     if let Err(error) = files_identical(a, b) {
         panic!("{error}");
+    }
+}
+
+/// How long a target may take after its ack to prune a new point into the replica image.
+pub(crate) const REPLICA_PRUNE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `cmp source replica` until it succeeds or `timeout` passes: a replica image catches up
+/// with its newest point just after the target acked it.
+pub(crate) fn replica_converges(
+    source: &Path,
+    replica: &Path,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match files_identical(source, replica) {
+            Ok(()) => return Ok(()),
+            Err(error) if Instant::now() >= deadline => return Err(error),
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
     }
 }

@@ -752,18 +752,10 @@ impl Setup {
     }
 
     fn replica_converges(&self) -> Result<(), String> {
-        let deadline = Instant::now() + CONVERGE_TIMEOUT;
-        loop {
-            match files_identical(&self.source, &self.cluster.replica(DISK)) {
-                Ok(()) => return Ok(()),
-                Err(error) if Instant::now() >= deadline => {
-                    return Err(format!(
-                        "not identical to the source after {CONVERGE_TIMEOUT:?}: {error}"
-                    ))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
+        let replica = self.cluster.replica(DISK);
+        crate::harness::replica_converges(&self.source, &replica, CONVERGE_TIMEOUT).map_err(
+            |error| format!("not identical to the source after {CONVERGE_TIMEOUT:?}: {error}"),
+        )
     }
 }
 

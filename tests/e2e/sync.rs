@@ -94,8 +94,7 @@ fn unaligned_size_image_and_tail_resync() {
     write_at(&source, size - tail_bytes.len() as u64, &tail_bytes);
     write_at(&source, 5 * MIB + 17, b"changed in the middle");
     cluster.sync_once(&agent, "resync after changing the unaligned tail");
-    // The harness's plain helper (no server logs on failure) works just as well here.
-    assert_files_identical(&source, &cluster.replica("odd"));
+    cluster.assert_replica_identical(&source, "odd", "resync of the unaligned tail");
 }
 
 #[test]

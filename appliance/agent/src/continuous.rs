@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wire::{DiskStateKind, Extent, Frame, EXTENT_ZERO};
+use wire::{DiskStateKind, Extent, EXTENT_ZERO};
 
 use crate::capture::{Capture, Captured, DiskSetup};
 use crate::dirtymap::DirtyMap;
@@ -28,39 +28,15 @@ const FRAME_ITEMS_MAX: usize = 1024;
 const BATCH_DELAY: Duration = Duration::from_millis(2);
 /// The replicator's longest sleep: acks and state reports are handled at least this often.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// Quiet time after sent writes before the agent marks a consistency boundary itself.
+const QUIET_MARKER_AFTER: Duration = Duration::from_millis(200);
 const STATE_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a clean shutdown keeps sending what is queued before it records the rest in the
 /// bitmap instead.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
-/// Where the write tap listens.
-#[derive(Debug, Clone)]
-pub enum TapAddr {
-    Tcp(std::net::SocketAddr),
-    Unix(PathBuf),
-}
-
-impl std::str::FromStr for TapAddr {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<TapAddr, String> {
-        if text.contains('/') {
-            return Ok(TapAddr::Unix(PathBuf::from(text)));
-        }
-        text.parse().map(TapAddr::Tcp).map_err(|_| {
-            format!("{text:?} is neither IP:port (e.g. 127.0.0.1:10809) nor a unix socket path")
-        })
-    }
-}
-
-impl std::fmt::Display for TapAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TapAddr::Tcp(addr) => write!(f, "nbd://{addr}"),
-            TapAddr::Unix(path) => write!(f, "nbd+unix:///?socket={}", path.display()),
-        }
-    }
-}
+/// Where the write tap listens (`IP:PORT` or a unix socket path).
+pub use nbdserve::ListenAddr as TapAddr;
 
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {
@@ -87,6 +63,8 @@ struct DiskProgress {
     reported_on: u64,
     state_path: PathBuf,
     state: state::DiskStateFile,
+    /// When data was last sent with no marker after it yet.
+    unmarked_since: Option<Instant>,
 }
 
 /// Protects the disks continuously until `stop` is set (SIGINT/SIGTERM), then shuts down
@@ -105,7 +83,7 @@ pub fn run_continuous(
         progress.push(disk_progress);
     }
     let capture = Arc::new(Capture::new(setups, capture_options.buffer_bytes));
-    let tap = crate::listener::TapServer::start(
+    let tap = crate::listener::start_tap(
         &capture_options.tap,
         Arc::clone(&capture),
         capture_options.connections_max,
@@ -246,6 +224,7 @@ fn prepare_disk(
         reported_on: 0,
         state_path,
         state: disk_state,
+        unmarked_since: None,
     };
     Ok((setup, progress))
 }
@@ -298,6 +277,7 @@ impl Replicator<'_> {
                     Some(later) => sleep = sleep.min(later),
                     None => worked |= self.drain_dirty(disk, &mut payload)?,
                 }
+                worked |= self.mark_if_quiet(disk)?;
                 self.report(disk)?;
                 self.prune_inflight(disk);
             }
@@ -342,6 +322,7 @@ impl Replicator<'_> {
         let progress = &mut self.progress[disk];
         progress.pending_sync = None;
         progress.sync_end_seq = self.link.peek_next_seq(disk).saturating_sub(1);
+        progress.unmarked_since = Some(Instant::now());
         self.capture.lock(disk).gap = false;
         Ok(())
     }
@@ -434,26 +415,35 @@ impl Replicator<'_> {
         }
         frame.finish();
         self.progress[disk].inflight.push_back((seq, ranges));
+        self.progress[disk].unmarked_since = Some(Instant::now());
         self.link.send_sequenced(disk, seq, bytes)
     }
 
-    /// A crash-consistent boundary: every write the source completed before the FLUSH.
+    /// A crash-consistent boundary: every write the source completed before it (a FLUSH, or
+    /// a moment with nothing queued, no gap and a clean bitmap).
     fn send_marker(&mut self, disk: usize) -> Result<(), AgentError> {
-        let seq = self.link.next_seq(disk);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as u64);
-        let mut bytes = self.link.take_frame_buffer();
-        Frame::Marker(wire::Marker {
-            disk_id: disk as u32,
-            seq,
-            kind: wire::MarkerKind::Crash,
-            marker_id: seq,
-            time_unix_ms: now,
-        })
-        .encode(&mut bytes)?;
+        let seq = crate::sync::send_marker(&mut self.link, disk, wire::MarkerKind::Crash)?;
         self.progress[disk].inflight.push_back((seq, Vec::new()));
-        self.link.send_sequenced(disk, seq, bytes)
+        self.progress[disk].unmarked_since = None;
+        Ok(())
+    }
+
+    /// Sends a marker once writes have been sent without one and the disk has been quiet for
+    /// a moment: a workload that never flushes still gets recovery points, and the end of a
+    /// resync or bitmap drain becomes one.
+    fn mark_if_quiet(&mut self, disk: usize) -> Result<bool, AgentError> {
+        let Some(since) = self.progress[disk].unmarked_since else { return Ok(false) };
+        if since.elapsed() < QUIET_MARKER_AFTER || self.progress[disk].pending_sync.is_some() {
+            return Ok(false);
+        }
+        let quiet = {
+            let state = self.capture.lock(disk);
+            state.queue.is_empty() && !state.gap && state.dirty.is_clean()
+        };
+        if quiet {
+            self.send_marker(disk)?;
+        }
+        Ok(quiet)
     }
 
     /// Reads one run of dirty grains back from the source and sends it. The queue must be

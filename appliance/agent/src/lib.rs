@@ -7,6 +7,8 @@ mod capture;
 mod continuous;
 mod dirtymap;
 mod error;
+#[allow(dead_code)] // not wired yet: the app-consistent marker path will call it
+mod hooks;
 mod lag;
 mod link;
 mod listener;
@@ -196,6 +198,9 @@ fn sync_disks(
             stop,
         }
         .run(disk.mode)?;
+        // The end of a sync is a recovery point at the target: the source as read, which is
+        // consistent if nothing wrote to it during the sync (a one-shot copy or a scan).
+        sync::send_marker(link, index, wire::MarkerKind::Crash)?;
         link.wait_replicated()?;
         let size = disk.size_bytes;
         sync::report_state(link, index, wire::DiskStateKind::Synced, size, size)?;

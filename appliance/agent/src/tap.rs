@@ -1,458 +1,60 @@
-//! The write tap: an NBD server over the protected disks (fixed newstyle, simple and
-//! structured replies, `base:allocation`). Each connection has a thread; a request is read,
-//! applied through `Capture` and answered, so a reply never waits for the relay.
+//! The write tap's storage: `Capture` as an NBD backend (the server is `nbdserve`). Reads come
+//! from the source file; writes, zeroes and flushes go through `Capture`, so a reply never
+//! waits for the relay; block status comes from the source's `SEEK_DATA`/`SEEK_HOLE`.
 //!
-//! Every FLUSH flushes the whole source file, which every connection shares, so the export
-//! can advertise multi-conn: a flush on one connection covers writes completed on all.
+//! Every FLUSH flushes the whole source file, which every connection shares, so the export's
+//! multi-conn (which `nbdserve` advertises) holds: a flush on one connection covers writes
+//! completed on all.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
-use nbd::consts::*;
-use nbd::{ClientOption, Command, Export, Request};
 
 use crate::capture::Capture;
 
-/// Option payloads larger than this are skipped and refused rather than read into memory;
-/// more than this and the connection is closed.
-const OPTION_DISCARD_BYTES_MAX: u32 = 1 << 20;
-const CONTEXT_ID_BASE_ALLOCATION: u32 = 1;
-
-const TRANSMISSION_FLAGS: u16 = FLAG_HAS_FLAGS
-    | FLAG_SEND_FLUSH
-    | FLAG_SEND_FUA
-    | FLAG_SEND_TRIM
-    | FLAG_SEND_WRITE_ZEROES
-    | FLAG_CAN_MULTI_CONN
-    | FLAG_SEND_CACHE;
-
-/// DF ("don't fragment" reads) only means something with structured replies; the spec says to
-/// leave it clear otherwise.
-fn transmission_flags(structured: bool) -> u16 {
-    if structured {
-        TRANSMISSION_FLAGS | FLAG_SEND_DF
-    } else {
-        TRANSMISSION_FLAGS
-    }
-}
-
-/// A connection's two directions: reads through a buffer, so one `recv` usually brings a
-/// request header together with its payload (small writes cost one syscall, not two).
-pub(crate) struct Duplex<R: Read, W: Write> {
-    pub(crate) reader: io::BufReader<R>,
-    pub(crate) writer: W,
-}
-
-/// Large enough for a request and a typical write payload in one `recv`.
-pub(crate) const READ_BUFFER_BYTES: usize = 128 << 10;
-
-impl<R: Read, W: Write> Read for Duplex<R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.reader.read(buf)
-    }
-}
-
-impl<R: Read, W: Write> Write for Duplex<R, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.writer.write(buf)
+impl nbdserve::Backend for Capture {
+    fn export_count(&self) -> usize {
+        self.disks.len()
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.writer.flush()
+    fn export_name(&self, export: usize) -> &str {
+        &self.disks[export].name
     }
-}
 
-/// Serves one client connection to the end. Errors are logged by the caller.
-pub(crate) fn serve<S: Read + Write>(
-    stream: &mut S,
-    capture: &Capture,
-    peer: &str,
-) -> Result<(), TapError> {
-    let Some(session) = handshake(stream, capture)? else { return Ok(()) };
-    log::info!("nbd {peer}: serving disk {}", capture.disks[session.disk].name);
-    transmission(stream, capture, &session)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum TapError {
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    #[error("{0}")]
-    Nbd(#[from] nbd::NbdError),
-    #[error("{0}")]
-    Refused(String),
-}
-
-struct Session {
-    disk: usize,
-    export: Export,
-}
-
-/// The option haggling phase. `None` when the client ended it without choosing an export.
-fn handshake<S: Read + Write>(
-    stream: &mut S,
-    capture: &Capture,
-) -> Result<Option<Session>, TapError> {
-    stream.write_all(&nbd::server_greeting())?;
-    let mut flags = [0u8; 4];
-    stream.read_exact(&mut flags)?;
-    let client = nbd::parse_client_flags(flags)?;
-    let mut structured = false;
-    let mut meta_context = false;
-    let mut reply = Vec::new();
-    let mut data = Vec::new();
-    loop {
-        let mut header = [0u8; nbd::OPTION_HEADER_BYTES];
-        stream.read_exact(&mut header)?;
-        let header = nbd::parse_option_header(&header)?;
-        reply.clear();
-        if header.length > nbd::limits::OPTION_DATA_BYTES_MAX {
-            if header.length > OPTION_DISCARD_BYTES_MAX {
-                return Err(TapError::Refused(format!(
-                    "option {} with {} bytes of data",
-                    header.option, header.length
-                )));
-            }
-            io::copy(&mut (&mut *stream).take(u64::from(header.length)), &mut io::sink())?;
-            nbd::encode_rep_error(
-                header.option,
-                REP_ERR_TOO_BIG,
-                "option data too long",
-                &mut reply,
-            );
-            stream.write_all(&reply)?;
-            continue;
-        }
-        data.resize(header.length as usize, 0);
-        stream.read_exact(&mut data)?;
-        let option = match nbd::parse_option(header.option, &data) {
-            Ok(option) => option,
-            Err(error) => {
-                nbd::encode_rep_error(
-                    header.option,
-                    REP_ERR_INVALID,
-                    &error.to_string(),
-                    &mut reply,
-                );
-                stream.write_all(&reply)?;
-                continue;
-            }
-        };
-        match option {
-            ClientOption::ExportName(name) => {
-                // No error reply exists for this option: an unknown name closes the connection.
-                let Some(disk) = find_export(capture, name) else {
-                    return Err(TapError::Refused(format!(
-                        "unknown export {:?}",
-                        String::from_utf8_lossy(name)
-                    )));
-                };
-                let size = capture.disks[disk].size_bytes;
-                nbd::encode_export_name_reply(
-                    size,
-                    TRANSMISSION_FLAGS,
-                    client.no_zeroes,
-                    &mut reply,
-                );
-                stream.write_all(&reply)?;
-                let export = Export {
-                    size,
-                    structured_replies: false,
-                    meta_context: false,
-                    read_only: false,
-                };
-                return Ok(Some(Session { disk, export }));
-            }
-            ClientOption::Abort => {
-                nbd::encode_option_reply(header.option, REP_ACK, &[], &mut reply);
-                // The client may already have closed; that is fine.
-                let _ = stream.write_all(&reply);
-                return Ok(None);
-            }
-            ClientOption::List => {
-                for disk in &capture.disks {
-                    nbd::encode_rep_server(header.option, disk.name.as_bytes(), &mut reply);
-                }
-                nbd::encode_option_reply(header.option, REP_ACK, &[], &mut reply);
-            }
-            ClientOption::StartTls => {
-                nbd::encode_rep_error(
-                    header.option,
-                    REP_ERR_POLICY,
-                    "TLS is not offered",
-                    &mut reply,
-                );
-            }
-            ClientOption::StructuredReply => {
-                structured = true;
-                nbd::encode_option_reply(header.option, REP_ACK, &[], &mut reply);
-            }
-            ClientOption::ListMetaContext(query) | ClientOption::SetMetaContext(query) => {
-                let set = header.option == OPT_SET_META_CONTEXT;
-                if !structured {
-                    let message = "meta contexts need structured replies first";
-                    nbd::encode_rep_error(header.option, REP_ERR_INVALID, message, &mut reply);
-                } else if find_export(capture, query.export_name).is_none() {
-                    nbd::encode_rep_error(
-                        header.option,
-                        REP_ERR_UNKNOWN,
-                        "unknown export",
-                        &mut reply,
-                    );
-                } else {
-                    let wanted = if set {
-                        query.queries.iter().any(|q| *q == BASE_ALLOCATION.as_bytes())
-                    } else {
-                        query.queries.is_empty()
-                            || query.queries.iter().any(|q| {
-                                *q == b"base:".as_slice() || *q == BASE_ALLOCATION.as_bytes()
-                            })
-                    };
-                    if set {
-                        meta_context = wanted;
-                    }
-                    if wanted {
-                        nbd::encode_rep_meta_context(
-                            header.option,
-                            CONTEXT_ID_BASE_ALLOCATION,
-                            BASE_ALLOCATION.as_bytes(),
-                            &mut reply,
-                        );
-                    }
-                    nbd::encode_option_reply(header.option, REP_ACK, &[], &mut reply);
-                }
-            }
-            ClientOption::Info(request) | ClientOption::Go(request) => {
-                let go = header.option == OPT_GO;
-                let Some(disk) = find_export(capture, request.name) else {
-                    nbd::encode_rep_error(
-                        header.option,
-                        REP_ERR_UNKNOWN,
-                        "unknown export",
-                        &mut reply,
-                    );
-                    stream.write_all(&reply)?;
-                    continue;
-                };
-                let size = capture.disks[disk].size_bytes;
-                let flags = transmission_flags(structured);
-                nbd::encode_info_export(header.option, size, flags, &mut reply);
-                if request.requests.contains(&INFO_BLOCK_SIZE) {
-                    nbd::encode_info_block_size(
-                        header.option,
-                        nbd::limits::BLOCK_SIZE_MIN,
-                        nbd::limits::BLOCK_SIZE_PREFERRED,
-                        nbd::limits::PAYLOAD_BYTES_MAX,
-                        &mut reply,
-                    );
-                }
-                nbd::encode_option_reply(header.option, REP_ACK, &[], &mut reply);
-                stream.write_all(&reply)?;
-                if go {
-                    let export = Export {
-                        size,
-                        structured_replies: structured,
-                        meta_context,
-                        read_only: false,
-                    };
-                    return Ok(Some(Session { disk, export }));
-                }
-                continue;
-            }
-            ClientOption::Unknown(option) => {
-                let message = format!("option {option} is not supported");
-                nbd::encode_rep_error(header.option, REP_ERR_UNSUP, &message, &mut reply);
-            }
-        }
-        stream.write_all(&reply)?;
+    fn export_size(&self, export: usize) -> u64 {
+        self.disks[export].size_bytes
     }
-}
 
-/// The export `name` refers to: a disk name, or "" for the first disk.
-fn find_export(capture: &Capture, name: &[u8]) -> Option<usize> {
-    if name.is_empty() {
-        return Some(0);
+    fn read(&self, export: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.disks[export].file.read_exact_at(buf, offset)
     }
-    capture.disks.iter().position(|disk| disk.name.as_bytes() == name)
-}
 
-fn transmission<S: Read + Write>(
-    stream: &mut S,
-    capture: &Capture,
-    session: &Session,
-) -> Result<(), TapError> {
-    let disk = &capture.disks[session.disk];
-    let mut reply = Vec::with_capacity(64);
-    loop {
-        let mut header = [0u8; nbd::REQUEST_BYTES];
-        match stream.read_exact(&mut header) {
-            Ok(()) => {}
-            // A client that vanishes between requests has nothing outstanding.
-            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(error) => return Err(error.into()),
-        }
-        let request = nbd::parse_request(&header)?;
-        if let Err(errno) = nbd::check_request(&request, &session.export) {
-            if request.command == Command::Write {
-                if !nbd::write_payload_readable(&request) {
-                    return Err(TapError::Refused(format!(
-                        "write of {} bytes is over the {} byte limit",
-                        request.length,
-                        nbd::limits::PAYLOAD_BYTES_MAX
-                    )));
-                }
-                let len = u64::from(request.length);
-                io::copy(&mut (&mut *stream).take(len), &mut io::sink())?;
-            }
-            send_error(stream, session, &request, errno, &mut reply)?;
-            continue;
-        }
-        let done = match request.command {
-            Command::Read => {
-                let mut data = vec![0u8; request.length as usize];
-                match disk.file.read_exact_at(&mut data, request.offset) {
-                    Ok(()) => {
-                        reply.clear();
-                        if session.export.structured_replies {
-                            nbd::encode_chunk_offset_data_header(
-                                REPLY_FLAG_DONE,
-                                request.handle,
-                                request.offset,
-                                request.length,
-                                &mut reply,
-                            );
-                        } else {
-                            nbd::encode_simple_reply(0, request.handle, &mut reply);
-                        }
-                        stream.write_all(&reply)?;
-                        stream.write_all(&data)?;
-                        continue;
-                    }
-                    Err(error) => Err(error),
-                }
-            }
-            Command::Write => {
-                let mut data = capture.take_buffer(request.length as usize);
-                stream.read_exact(&mut data)?;
-                capture.write(session.disk, request.offset, data).and_then(|()| fua(disk, &request))
-            }
-            Command::Trim | Command::WriteZeroes => capture
-                .zero(session.disk, request.offset, u64::from(request.length))
-                .and_then(|()| fua(disk, &request)),
-            Command::Flush => capture.flush(session.disk),
-            Command::Cache => Ok(()),
-            Command::BlockStatus => {
-                send_block_status(stream, disk, session, &request, &mut reply)?;
-                continue;
-            }
-            Command::Disconnect => return Ok(()),
-            Command::Unknown(_) => unreachable!("check_request refuses unknown commands"),
-        };
-        match done {
-            Ok(()) => {
-                reply.clear();
-                nbd::encode_simple_reply(0, request.handle, &mut reply);
-                stream.write_all(&reply)?;
-            }
-            Err(error) => {
-                log::error!("disk {}: {:?} failed: {error}", disk.name, request.command);
-                send_error(stream, session, &request, errno_of(&error), &mut reply)?;
-            }
-        }
+    fn take_buffer(&self, len: usize) -> Vec<u8> {
+        Capture::take_buffer(self, len)
     }
-}
 
-fn fua(disk: &crate::capture::DiskCapture, request: &Request) -> io::Result<()> {
-    if request.flags & CMD_FLAG_FUA != 0 {
-        disk.file.sync_data()?;
+    fn write(&self, export: usize, offset: u64, data: Vec<u8>) -> io::Result<()> {
+        Capture::write(self, export, offset, data)
     }
-    Ok(())
-}
 
-fn errno_of(error: &io::Error) -> u32 {
-    match error.raw_os_error() {
-        Some(28) => ENOSPC,
-        Some(12) => ENOMEM,
-        _ => EIO,
+    fn zero(&self, export: usize, offset: u64, len: u64) -> io::Result<()> {
+        Capture::zero(self, export, offset, len)
     }
-}
 
-fn send_error<S: Write>(
-    stream: &mut S,
-    session: &Session,
-    request: &Request,
-    errno: u32,
-    reply: &mut Vec<u8>,
-) -> io::Result<()> {
-    reply.clear();
-    // A structured-reply client expects chunks for reads and block status.
-    let chunked = session.export.structured_replies
-        && matches!(request.command, Command::Read | Command::BlockStatus);
-    if chunked {
-        nbd::encode_chunk_error(REPLY_FLAG_DONE, request.handle, errno, "", reply);
-    } else {
-        nbd::encode_simple_reply(errno, request.handle, reply);
+    fn flush(&self, export: usize) -> io::Result<()> {
+        Capture::flush(self, export)
     }
-    stream.write_all(reply)
-}
 
-fn send_block_status<S: Write>(
-    stream: &mut S,
-    disk: &crate::capture::DiskCapture,
-    session: &Session,
-    request: &Request,
-    reply: &mut Vec<u8>,
-) -> io::Result<()> {
-    let len = u64::from(request.length);
-    let data =
-        fsio::data_ranges(&disk.file, request.offset, len, nbd::limits::BLOCK_STATUS_EXTENTS_MAX)
-            .unwrap_or_else(
-                // Without hole information, everything is data: always a correct answer.
-                |_| vec![(request.offset, len)],
-            );
-    let req_one = request.flags & CMD_FLAG_REQ_ONE != 0;
-    let extents = nbd::block_status_extents(
-        request.offset,
-        request.length,
-        session.export.size,
-        &data,
-        req_one,
-    );
-    reply.clear();
-    nbd::encode_chunk_block_status(
-        REPLY_FLAG_DONE,
-        request.handle,
-        CONTEXT_ID_BASE_ALLOCATION,
-        &extents,
-        reply,
-    );
-    stream.write_all(reply)
-}
-
-/// Counts connections so the tap can refuse more than its limit.
-#[derive(Debug, Default)]
-pub(crate) struct ConnectionSlots {
-    open: AtomicUsize,
-}
-
-impl ConnectionSlots {
-    pub(crate) fn try_take(self: &Arc<Self>, max: usize) -> Option<SlotGuard> {
-        let previous = self.open.fetch_add(1, Ordering::AcqRel);
-        if previous >= max {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(SlotGuard(Arc::clone(self)))
+    fn sync_data(&self, export: usize) -> io::Result<()> {
+        self.disks[export].file.sync_data()
     }
-}
 
-#[derive(Debug)]
-pub(crate) struct SlotGuard(Arc<ConnectionSlots>);
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    fn data_ranges(
+        &self,
+        export: usize,
+        offset: u64,
+        len: u64,
+        ranges_max: usize,
+    ) -> io::Result<Vec<(u64, u64)>> {
+        fsio::data_ranges(&self.disks[export].file, offset, len, ranges_max)
     }
 }

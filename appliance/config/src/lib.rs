@@ -24,7 +24,9 @@ mod tests;
 use serde::Deserialize;
 
 pub use error::ConfigError;
-pub use sections::{AgentConfig, DiskConfig, LogConfig, LogLevel, RelayConfig, TargetConfig};
+pub use sections::{
+    AgentConfig, DiskConfig, LogConfig, LogLevel, RelayConfig, RetentionConfig, TargetConfig,
+};
 pub use size::{format_byte_size, parse_byte_size};
 pub use validate::validate_disk_name;
 

@@ -139,6 +139,13 @@ pub struct TargetConfig {
     /// Bytes gathered before one durable commit (fsync).
     #[serde(deserialize_with = "size::deserialize")]
     pub group_commit_bytes_max: u64,
+    /// Seconds between crash-consistent recovery points.
+    pub point_interval_secs: u32,
+    /// Redo journal kept per disk for its recovery points; beyond it the oldest points go.
+    #[serde(deserialize_with = "size::deserialize")]
+    pub journal_bytes_max: u64,
+    /// Which recovery points are kept.
+    pub retention: RetentionConfig,
 }
 
 impl Default for TargetConfig {
@@ -147,6 +154,34 @@ impl Default for TargetConfig {
             listen: loopback(7800),
             data_dir: PathBuf::from("/var/lib/siterelay/target"),
             group_commit_bytes_max: 16 * MIB,
+            point_interval_secs: 300,
+            journal_bytes_max: 64 * GIB,
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+/// `[target.retention]`: every point of the recent past, then one per bucket up to the window.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Points younger than this are all kept.
+    pub keep_all_secs: u32,
+    /// Older points: the newest of each bucket of this many seconds.
+    pub bucket_secs: u32,
+    /// Points older than this are dropped (the newest point always stays).
+    pub window_secs: u32,
+    /// The newest app-consistent points kept within the window, whatever the thinning.
+    pub app_consistent_count: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            keep_all_secs: 2 * 3600,
+            bucket_secs: 3600,
+            window_secs: 24 * 3600,
+            app_consistent_count: 12,
         }
     }
 }

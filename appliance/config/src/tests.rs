@@ -52,12 +52,13 @@ fn default_file_documents_every_key() {
     for section in ["log", "relay", "target", "agent"] {
         let keys = valid_keys(section);
         assert!(!keys.is_empty(), "no keys found for [{section}]");
-        for key in keys.iter().filter(|key| *key != "disk") {
+        for key in keys.iter().filter(|key| !["disk", "retention"].contains(&key.as_str())) {
             let line = format!("\n{key} = ");
             assert!(DEFAULT_TOML.contains(&line), "[{section}] {key} missing");
         }
     }
     assert!(DEFAULT_TOML.contains("# [[agent.disk]]"));
+    assert!(DEFAULT_TOML.contains("\n[target.retention]"));
 }
 
 #[test]
@@ -317,6 +318,15 @@ fn every_limit_is_enforced_with_dotted_key() {
         ("[target]\ndata_dir = \"\"", "target.data_dir"),
         ("[target]\ngroup_commit_bytes_max = 1", "target.group_commit_bytes_max"),
         ("[target]\ngroup_commit_bytes_max = \"1GiB\"", "target.group_commit_bytes_max"),
+        ("[target]\npoint_interval_secs = 0", "target.point_interval_secs"),
+        ("[target]\njournal_bytes_max = \"1MiB\"", "target.journal_bytes_max"),
+        ("[target.retention]\nwindow_secs = 0", "target.retention.window_secs"),
+        ("[target.retention]\nwindow_secs = 1296001", "target.retention.window_secs"),
+        (
+            "[target.retention]\nwindow_secs = 60\nkeep_all_secs = 61",
+            "target.retention.keep_all_secs",
+        ),
+        ("[target.retention]\nbucket_secs = 0", "target.retention.bucket_secs"),
         ("[agent]\nrelay = \"[::]:7700\"", "agent.relay"),
         ("[agent]\nstate_dir = \"\"", "agent.state_dir"),
         ("[agent]\nblock_bytes = \"2KiB\"", "agent.block_bytes"),

@@ -58,8 +58,28 @@ fn check_segment_fits_cache(relay: &RelayConfig) -> Result<(), ConfigError> {
 
 fn validate_target(target: &TargetConfig) -> Result<(), ConfigError> {
     check_path("target.data_dir", &target.data_dir)?;
-    check_group_commit("target.group_commit_bytes_max", target.group_commit_bytes_max)
+    check_group_commit("target.group_commit_bytes_max", target.group_commit_bytes_max)?;
+    check_count_range("target.point_interval_secs", target.point_interval_secs, 1, 86_400)?;
+    check_size_range("target.journal_bytes_max", target.journal_bytes_max, 64 * MIB, 64 * TIB)?;
+    let retention = &target.retention;
+    check_count_range("target.retention.window_secs", retention.window_secs, 1, WINDOW_SECS_MAX)?;
+    check_count_range(
+        "target.retention.keep_all_secs",
+        retention.keep_all_secs,
+        0,
+        retention.window_secs,
+    )?;
+    check_count_range("target.retention.bucket_secs", retention.bucket_secs, 1, WINDOW_SECS_MAX)?;
+    check_count_range(
+        "target.retention.app_consistent_count",
+        retention.app_consistent_count,
+        0,
+        4096,
+    )
 }
+
+/// The commercial product's longest retention window: 15 days.
+const WINDOW_SECS_MAX: u32 = 15 * 24 * 3600;
 
 fn validate_agent(agent: &AgentConfig) -> Result<(), ConfigError> {
     check_connect_addr("agent.relay", agent.relay)?;

@@ -72,6 +72,11 @@ impl<L: Copy> ExtentMap<L> {
         }
     }
 
+    /// Drops the extents whose location fails `keep` (their bytes fall back to the base).
+    pub fn retain(&mut self, mut keep: impl FnMut(&L) -> bool) {
+        self.extents.retain(|_, extent| keep(&extent.location));
+    }
+
     /// The pieces `[offset, offset + len)` is made of, in order, covering it exactly.
     pub fn read(&self, offset: u64, len: u64) -> Vec<Piece<L>> {
         let mut pieces = Vec::new();
@@ -132,6 +137,21 @@ mod tests {
         assert_eq!(
             map.read(10, 5),
             vec![Piece::Stored { offset: 10, len: 5, location: 'c', skip: 10 }]
+        );
+    }
+
+    #[test]
+    fn retain_drops_extents_back_to_the_base() {
+        let mut map = ExtentMap::new();
+        map.insert(0, 10, 1);
+        map.insert(10, 10, 2);
+        map.retain(|location| *location != 1);
+        assert_eq!(
+            map.read(0, 20),
+            vec![
+                Piece::Base { offset: 0, len: 10 },
+                Piece::Stored { offset: 10, len: 10, location: 2, skip: 0 },
+            ]
         );
     }
 

@@ -7,6 +7,7 @@
 //!   with holes meaning "in the base image". Building it is one pass over the journal index,
 //!   so a point is readable at once, without copying the disk.
 //! - [`retention`]: which points a thinning policy keeps.
+//! - [`StoredPoint`]: a point's fixed-size record in the target's point log.
 //!
 //! No files, clocks or sockets here: the target's shell feeds journal entries in and reads
 //! data from the locations that come out.
@@ -15,9 +16,11 @@
 #![forbid(unsafe_code)]
 
 mod extent_map;
+mod record;
 pub mod retention;
 
 pub use extent_map::{ExtentMap, Piece};
+pub use record::{PointRecordError, StoredPoint, POINT_RECORD_BYTES};
 
 #[cfg(test)]
 mod proptests;

@@ -48,8 +48,9 @@ pub(crate) fn target(rest: &[String]) -> Result<(), String> {
     let config = validated(config)?;
     let options = target::TargetOptions {
         listen: config.target.listen,
-        data_dir: config.target.data_dir,
+        data_dir: config.target.data_dir.clone(),
         group_commit_bytes_max: config.target.group_commit_bytes_max as usize,
+        retention: retention_options(&config.target),
     };
     let target = target::Target::bind(&options).map_err(|error| error.to_string())?;
     target.serve();
@@ -221,5 +222,20 @@ pub(crate) fn config(rest: &[String]) -> Result<(), String> {
             Ok(())
         }
         _ => Err("usage: siterelay config check FILE".into()),
+    }
+}
+
+/// The target's point and retention settings, from its validated configuration.
+pub(crate) fn retention_options(target: &config::TargetConfig) -> target::RetentionOptions {
+    let retention = &target.retention;
+    target::RetentionOptions {
+        policy: target::RetentionPolicy {
+            keep_all_secs: u64::from(retention.keep_all_secs),
+            bucket_secs: u64::from(retention.bucket_secs),
+            window_secs: u64::from(retention.window_secs),
+            app_consistent_count: retention.app_consistent_count as usize,
+        },
+        point_interval_ms: u64::from(target.point_interval_secs) * 1000,
+        journal_bytes_max: target.journal_bytes_max,
     }
 }

@@ -4,7 +4,11 @@
 //! Threads: one per connection. A disk is a `Mutex<Replica>`, so two connections (an old and a
 //! reconnected relay link) never interleave inside one disk's journal.
 
+mod control;
 mod error;
+mod failover;
+mod index;
+mod pointlog;
 mod replica;
 mod session;
 
@@ -14,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use error::TargetError;
+pub use points::retention::Policy as RetentionPolicy;
 use replica::Replica;
+pub use replica::RetentionOptions;
 
 #[derive(Debug, Clone)]
 pub struct TargetOptions {
@@ -22,6 +28,7 @@ pub struct TargetOptions {
     pub data_dir: PathBuf,
     /// Staged bytes per connection after which a group commit happens.
     pub group_commit_bytes_max: usize,
+    pub retention: RetentionOptions,
 }
 
 /// Where the replica of disk `name` lives under a target's data directory.
@@ -32,15 +39,17 @@ pub fn replica_path(data_dir: &Path, name: &str) -> PathBuf {
 #[derive(Debug)]
 pub(crate) struct Store {
     data_dir: PathBuf,
+    retention: RetentionOptions,
     disks: Mutex<HashMap<String, Arc<Mutex<Replica>>>>,
     /// Disks that could not be opened, with the reason: refused until an operator repairs
     /// them, and never recreated over (that would destroy the replica).
     broken: HashMap<String, String>,
+    jobs: Mutex<failover::Jobs>,
 }
 
 impl Store {
     /// Opens every disk found in the data directory, replaying journals left by a crash.
-    fn open(data_dir: &Path) -> Result<Store, TargetError> {
+    fn open(data_dir: &Path, retention: RetentionOptions) -> Result<Store, TargetError> {
         let disks_dir = data_dir.join("disks");
         std::fs::create_dir_all(&disks_dir).map_err(|source| TargetError::Io {
             action: "create directory",
@@ -61,7 +70,7 @@ impl Store {
                 source,
             })?;
             let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
-            match Replica::open_existing(data_dir, &name) {
+            match Replica::open_existing(data_dir, &name, retention) {
                 Ok(Some(replica)) => {
                     disks.insert(name, Arc::new(Mutex::new(replica)));
                 }
@@ -72,7 +81,18 @@ impl Store {
                 }
             }
         }
-        Ok(Store { data_dir: data_dir.to_path_buf(), disks: Mutex::new(disks), broken })
+        failover::remove_leftovers(data_dir).map_err(|source| TargetError::Io {
+            action: "remove old job files under",
+            path: failover::jobs_dir(data_dir),
+            source,
+        })?;
+        Ok(Store {
+            data_dir: data_dir.to_path_buf(),
+            retention,
+            disks: Mutex::new(disks),
+            broken,
+            jobs: Mutex::new(failover::Jobs::default()),
+        })
     }
 
     /// The disk named in `info`, created if new; refuses a different generation.
@@ -102,7 +122,13 @@ impl Store {
             replica.resize(info.size_bytes)?;
             return Ok(existing.clone());
         }
-        let replica = Replica::create(&self.data_dir, info.name, info.generation, info.size_bytes)?;
+        let replica = Replica::create(
+            &self.data_dir,
+            info.name,
+            info.generation,
+            info.size_bytes,
+            self.retention,
+        )?;
         let replica = Arc::new(Mutex::new(replica));
         disks.insert(info.name.to_string(), replica.clone());
         Ok(replica)
@@ -121,7 +147,9 @@ impl Store {
                     "state": "replica",
                     "size_bytes": replica.size_bytes,
                     "durable_seq": replica.durable_seq,
-                    "applied_seq": replica.applied_seq,
+                    "applied_seq": replica.base_seq,
+                    "journal_bytes": replica.journal_bytes(),
+                    "points": replica.points.points.len(),
                     "bytes_applied": replica.bytes_applied,
                     "replica_path": replica.image_path,
                     "consistent_seq": replica.consistent.map(|point| point.seq),
@@ -135,6 +163,37 @@ impl Store {
     }
 }
 
+pub(crate) fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// Between two maintenance passes over every disk (retention, then pruning steps).
+const MAINTAIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Store {
+    /// Retention and pruning for every disk, one bounded step at a time so ingestion of a
+    /// disk never waits long for its lock. Runs until the process ends.
+    fn maintain_forever(&self) {
+        loop {
+            let replicas: Vec<Arc<Mutex<Replica>>> =
+                self.disks.lock().expect("store lock").values().cloned().collect();
+            let mut more = false;
+            for replica in replicas {
+                let mut replica = replica.lock().expect("replica lock");
+                match replica.maintain(now_unix_ms()) {
+                    Ok(left) => more |= left,
+                    Err(error) => log::error!("replica {}: pruning failed: {error}", replica.name),
+                }
+            }
+            if !more {
+                std::thread::sleep(MAINTAIN_INTERVAL);
+            }
+        }
+    }
+}
+
 /// A bound, recovered target, ready to serve.
 #[derive(Debug)]
 pub struct Target {
@@ -145,7 +204,7 @@ pub struct Target {
 
 impl Target {
     pub fn bind(options: &TargetOptions) -> Result<Target, TargetError> {
-        let store = Arc::new(Store::open(&options.data_dir)?);
+        let store = Arc::new(Store::open(&options.data_dir, options.retention)?);
         let listener = fsio::bind_listener(options.listen)
             .map_err(|source| TargetError::Listen { addr: options.listen, source })?;
         Ok(Target { listener, store, group_commit_bytes_max: options.group_commit_bytes_max })
@@ -162,6 +221,13 @@ impl Target {
             self.local_addr(),
             self.store.data_dir.display()
         );
+        let store = self.store.clone();
+        let spawned = std::thread::Builder::new().name("target-maintain".into()).spawn(move || {
+            store.maintain_forever();
+        });
+        if let Err(error) = spawned {
+            log::error!("cannot start the maintenance thread (points will not be pruned): {error}");
+        }
         let mut connection_id = 0u64;
         for stream in self.listener.incoming() {
             let stream = match stream {

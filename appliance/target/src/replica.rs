@@ -1,46 +1,74 @@
-//! One replicated disk at the recovery site: its redo journal, its sparse raw image and the
-//! metadata that says how far the image has caught up with the journal.
+//! One replicated disk at the recovery site: its redo journal, its base image, its recovery
+//! points and the metadata that says how far the base has caught up (design.md §5).
 //!
 //! Layout under the data directory:
-//! - `replicas/NAME.img`: the replica, a sparse raw image a user can compare or mount;
-//! - `disks/NAME/meta.json`: generation, size, and the sequence applied and synced into the image;
-//! - `disks/NAME/journal/seg-*.log`: records durable but maybe not yet synced into the image.
+//! - `replicas/NAME.img`: the base image, a sparse raw image: the disk as of `base_seq`, the
+//!   oldest retained point (with the shortest retention, the newest point);
+//! - `disks/NAME/meta.json`: generation, size, `base_seq` (as `applied_seq`), next point id;
+//! - `disks/NAME/journal/seg-*.log`: every frame newer than the base, uncompressed, in order;
+//! - `disks/NAME/points.log`: the retained recovery points.
 //!
-//! Write path: append records to the journal, fdatasync, ack, then apply them to the image.
-//! A checkpoint syncs the image, records `applied_seq` in the metadata, and deletes the journal
-//! segment. After a crash, `open` replays the journal into the image (idempotent) before serving.
+//! Write path: append records to the journal, fdatasync, ack. Nothing is written to the base
+//! then: a point is read as the base overlaid with the journal's extents up to it (see
+//! `index.rs`). Pruning (`maintain`) drops the points retention no longer keeps, then applies
+//! the journal up to the oldest remaining point into the base, in steps, each step synced and
+//! recorded before the segments it emptied are deleted. A crash anywhere in between leaves a
+//! base that holds at most writes the journal still has, so every retained point reads the
+//! same before and after.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use points::retention::{Kind, Policy};
+use points::StoredPoint;
 use serde::{Deserialize, Serialize};
 use wire::{FrameType, Generation, WireError};
 
 use crate::error::TargetError;
+use crate::index::{IndexedExtent, JournalIndex, Location, PointView, Segment};
+use crate::pointlog::{MarkerEntry, PointLog, POINTS_MAX};
 
-/// Journal bytes after which the image is synced and the journal segment dropped. The image
-/// may lag the journal (design.md §5: the journal is the durable copy), so syncing it rarely
-/// lets the page cache absorb the replica writes instead of forcing them to disk per batch.
-pub(crate) const CHECKPOINT_JOURNAL_BYTES: u64 = 1 << 30;
+/// Journal bytes per segment: pruning frees whole segments.
+pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
+/// Write bytes one maintenance step applies into the base before it syncs and records it.
+pub(crate) const PRUNE_STEP_BYTES: u64 = 256 << 20;
+/// Format 2: uncompressed journal kept for recovery points. Format 1 (no field) journals
+/// compressed frames only until the next checkpoint; opening one applies it all first.
+const META_FORMAT: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Meta {
     generation: String,
     size_bytes: u64,
+    /// The base image holds every write up to this sequence.
     applied_seq: u64,
-    /// The newest crash-consistent boundary (a client FLUSH at the source) in the journal.
+    /// The newest consistency boundary (a marker) in the journal.
     #[serde(default)]
     consistent: Option<ConsistentPoint>,
+    #[serde(default)]
+    format: u32,
+    #[serde(default)]
+    next_point_id: u64,
 }
 
-/// A position in the disk's write stream where the source had flushed: the replica as of
-/// this sequence is a crash-consistent image (design.md invariant 3).
+/// A position in the disk's write stream where the source was consistent (a marker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ConsistentPoint {
     pub(crate) seq: u64,
     pub(crate) marker_id: u64,
     pub(crate) time_unix_ms: u64,
+}
+
+/// What a target keeps of each disk's history.
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionOptions {
+    pub policy: Policy,
+    /// Minimum time between two crash-consistent points.
+    pub point_interval_ms: u64,
+    /// Journal bytes per disk beyond which the oldest points are dropped early.
+    pub journal_bytes_max: u64,
 }
 
 #[derive(Debug)]
@@ -49,7 +77,7 @@ pub(crate) struct Replica {
     pub(crate) generation: Generation,
     pub(crate) size_bytes: u64,
     pub(crate) image_path: PathBuf,
-    image: File,
+    base: Arc<File>,
     disk_dir: PathBuf,
     journal_file: File,
     journal_index: u64,
@@ -58,48 +86,23 @@ pub(crate) struct Replica {
     pub(crate) durable_seq: u64,
     /// Highest sequence staged or durable: the next accepted frame must follow it.
     pub(crate) staged_seq: u64,
-    /// Highest sequence synced into the image and recorded in the metadata.
-    pub(crate) applied_seq: u64,
+    /// Highest sequence the base image holds (synced and recorded in the metadata).
+    pub(crate) base_seq: u64,
     pub(crate) bytes_applied: u64,
-    /// The newest durable consistency boundary, and the one staged after it.
+    /// The newest durable consistency boundary.
     pub(crate) consistent: Option<ConsistentPoint>,
-    staged_consistent: Option<ConsistentPoint>,
     /// Boundaries made durable since the target started.
     pub(crate) consistent_points: u64,
-    /// Records staged for the next journal write.
+    /// Records staged for the next journal write, with their extents and markers.
     pending: Vec<u8>,
-    /// Writes of the staged records, decompressed and checked, waiting for durability.
-    staged_writes: PendingWrites,
-    /// Writes durable in the journal and not yet in the image.
-    durable_writes: PendingWrites,
-}
-
-/// Extents and their data, ready to be written into the image.
-#[derive(Debug, Default)]
-struct PendingWrites {
-    extents: Vec<wire::Extent>,
-    data: Vec<u8>,
-}
-
-impl PendingWrites {
-    fn is_empty(&self) -> bool {
-        self.extents.is_empty()
-    }
-
-    fn append(&mut self, other: &mut PendingWrites) {
-        if self.is_empty() {
-            std::mem::swap(self, other);
-        } else {
-            self.extents.append(&mut other.extents);
-            self.data.extend_from_slice(&other.data);
-            other.data.clear();
-        }
-    }
-
-    fn clear(&mut self) {
-        self.extents.clear();
-        self.data.clear();
-    }
+    staged_extents: Vec<IndexedExtent>,
+    staged_markers: Vec<MarkerEntry>,
+    index: JournalIndex,
+    pub(crate) points: PointLog,
+    /// Points a test failover or materialize reads: retention keeps them.
+    pins: std::collections::BTreeMap<u64, usize>,
+    retention: RetentionOptions,
+    scratch: Vec<u8>,
 }
 
 pub(crate) fn image_path(data_dir: &Path, name: &str) -> PathBuf {
@@ -111,11 +114,20 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
     move |source| TargetError::Io { action, path, source }
 }
 
+fn marker_kind(kind: wire::MarkerKind) -> Kind {
+    match kind {
+        wire::MarkerKind::Crash => Kind::Crash,
+        wire::MarkerKind::App => Kind::App,
+        wire::MarkerKind::Group => Kind::Group,
+    }
+}
+
 impl Replica {
-    /// Opens an existing disk (replaying its journal) or returns `None` if it does not exist.
+    /// Opens an existing disk (rebuilding its journal index) or returns `None` if there is none.
     pub(crate) fn open_existing(
         data_dir: &Path,
         name: &str,
+        retention: RetentionOptions,
     ) -> Result<Option<Replica>, TargetError> {
         let disk_dir = data_dir.join("disks").join(name);
         let meta_path = disk_dir.join("meta.json");
@@ -133,19 +145,40 @@ impl Replica {
                 path: meta_path.clone(),
                 reason: "generation is not 32 hex digits".into(),
             })?;
+        if meta.format > META_FORMAT {
+            return Err(TargetError::Metadata {
+                path: meta_path,
+                reason: format!(
+                    "format {} is newer than this target's {META_FORMAT}; run a newer target",
+                    meta.format
+                ),
+            });
+        }
         let image_path = image_path(data_dir, name);
         let image = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&image_path)
             .map_err(io_error("open", &image_path))?;
-        let mut replica =
-            Replica::assemble(name, generation, meta.size_bytes, image_path, image, disk_dir)?;
-        replica.applied_seq = meta.applied_seq;
+        if meta.format < META_FORMAT {
+            legacy::apply_journal(&disk_dir, name, &image, &image_path, meta.applied_seq)?;
+        }
+        let mut replica = Replica::assemble(
+            name,
+            generation,
+            meta.size_bytes,
+            image_path,
+            image,
+            disk_dir,
+            retention,
+            meta.next_point_id,
+        )?;
+        replica.base_seq = meta.applied_seq;
         replica.durable_seq = meta.applied_seq;
         replica.consistent = meta.consistent;
-        replica.replay_journal()?;
+        replica.rebuild_index()?;
         replica.staged_seq = replica.durable_seq;
+        replica.write_meta()?;
         Ok(Some(replica))
     }
 
@@ -154,11 +187,17 @@ impl Replica {
         name: &str,
         generation: Generation,
         size_bytes: u64,
+        retention: RetentionOptions,
     ) -> Result<Replica, TargetError> {
         let disk_dir = data_dir.join("disks").join(name);
         let replicas_dir = data_dir.join("replicas");
         for dir in [&disk_dir.join("journal"), &replicas_dir] {
             fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+        }
+        // A points log left by a removed disk of the same name must not resurrect its points.
+        let stale = disk_dir.join("points.log");
+        if stale.exists() {
+            fs::remove_file(&stale).map_err(io_error("remove", &stale))?;
         }
         let image_path = image_path(data_dir, name);
         let image = OpenOptions::new()
@@ -171,7 +210,9 @@ impl Replica {
         image.set_len(size_bytes).map_err(io_error("resize", &image_path))?;
         image.sync_all().map_err(io_error("fsync", &image_path))?;
         fsio::fsync_dir(&replicas_dir).map_err(io_error("fsync", &replicas_dir))?;
-        let replica = Replica::assemble(name, generation, size_bytes, image_path, image, disk_dir)?;
+        let replica = Replica::assemble(
+            name, generation, size_bytes, image_path, image, disk_dir, retention, 1,
+        )?;
         replica.write_meta()?;
         log::info!(
             "created replica {} ({} bytes) at {}",
@@ -182,6 +223,7 @@ impl Replica {
         Ok(replica)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         name: &str,
         generation: Generation,
@@ -189,138 +231,244 @@ impl Replica {
         image_path: PathBuf,
         image: File,
         disk_dir: PathBuf,
+        retention: RetentionOptions,
+        next_point_id: u64,
     ) -> Result<Replica, TargetError> {
         let journal_dir = disk_dir.join("journal");
         fs::create_dir_all(&journal_dir).map_err(io_error("create directory", &journal_dir))?;
         let journal_index = list_segments(&journal_dir)?.last().map_or(0, |last| last + 1);
-        let journal_path = journal_dir.join(journal::segment_file_name(journal_index));
-        let journal_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&journal_path)
-            .map_err(io_error("create", &journal_path))?;
-        Ok(Replica {
+        let points = PointLog::open(&disk_dir, next_point_id)?;
+        let mut replica = Replica {
             name: name.to_string(),
             generation,
             size_bytes,
             image_path,
-            image,
+            base: Arc::new(image),
+            journal_file: File::open("/dev/null")
+                .map_err(io_error("open", Path::new("/dev/null")))?,
             disk_dir,
-            journal_file,
             journal_index,
             journal_len: 0,
             durable_seq: 0,
             staged_seq: 0,
-            applied_seq: 0,
+            base_seq: 0,
             bytes_applied: 0,
             consistent: None,
-            staged_consistent: None,
             consistent_points: 0,
             pending: Vec::new(),
-            staged_writes: PendingWrites::default(),
-            durable_writes: PendingWrites::default(),
-        })
+            staged_extents: Vec::new(),
+            staged_markers: Vec::new(),
+            index: JournalIndex::default(),
+            points,
+            pins: Default::default(),
+            retention,
+            scratch: Vec::new(),
+        };
+        replica.open_segment(journal_index)?;
+        Ok(replica)
     }
 
     fn journal_dir(&self) -> PathBuf {
         self.disk_dir.join("journal")
     }
 
+    /// Starts segment `index` for appends and registers it for reads.
+    fn open_segment(&mut self, index: u64) -> Result<(), TargetError> {
+        let path = self.journal_dir().join(journal::segment_file_name(index));
+        self.journal_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_error("create", &path))?;
+        let reader = File::open(&path).map_err(io_error("open", &path))?;
+        self.index.segments.insert(
+            index,
+            Segment { file: Arc::new(reader), path, last_seq: self.durable_seq, bytes: 0 },
+        );
+        self.journal_index = index;
+        self.journal_len = 0;
+        Ok(())
+    }
+
     fn write_meta(&self) -> Result<(), TargetError> {
         let meta = Meta {
             generation: wire::generation_to_hex(&self.generation),
             size_bytes: self.size_bytes,
-            applied_seq: self.applied_seq,
+            applied_seq: self.base_seq,
             consistent: self.consistent,
+            format: META_FORMAT,
+            next_point_id: self.points.next_id,
         };
         let path = self.disk_dir.join("meta.json");
         let text = serde_json::to_string_pretty(&meta).expect("meta serializes");
         fsio::write_atomic(&path, text.as_bytes()).map_err(io_error("write", &path))
     }
 
-    /// Applies every journal record newer than the metadata into the image, then checkpoints.
-    /// Only the newest segment may end in a torn record (the crash interrupted its append).
-    fn replay_journal(&mut self) -> Result<(), TargetError> {
+    /// Indexes every journal record newer than the base, and takes the points of markers the
+    /// points log does not have yet. Only the newest segment may end in a torn record.
+    fn rebuild_index(&mut self) -> Result<(), TargetError> {
         let journal_dir = self.journal_dir();
         let mut segments = list_segments(&journal_dir)?;
         segments.retain(|index| *index != self.journal_index);
-        for (position, index) in segments.iter().enumerate() {
-            let path = journal_dir.join(journal::segment_file_name(*index));
+        // Segments a crash left empty (started, never written) would hide which one is newest.
+        let mut kept = Vec::with_capacity(segments.len());
+        for segment_id in segments {
+            let path = journal_dir.join(journal::segment_file_name(segment_id));
+            let len = fs::metadata(&path).map_err(io_error("stat", &path))?.len();
+            if len == 0 {
+                fs::remove_file(&path).map_err(io_error("remove", &path))?;
+            } else {
+                kept.push(segment_id);
+            }
+        }
+        let segments = kept;
+        let mut markers = Vec::new();
+        for (position, &segment_id) in segments.iter().enumerate() {
+            let path = journal_dir.join(journal::segment_file_name(segment_id));
             let bytes = fs::read(&path).map_err(io_error("read", &path))?;
             let recovery = journal::recover(&bytes)
                 .map_err(|source| TargetError::Journal { path: path.clone(), source })?;
             let is_newest = position + 1 == segments.len();
-            if recovery.valid_len != bytes.len() as u64 && !is_newest {
-                return Err(TargetError::Metadata {
-                    path,
-                    reason: "torn record in a journal segment that is not the newest".into(),
-                });
-            }
-            for (_, record) in journal::records(&bytes[..recovery.valid_len as usize]) {
-                let Ok(frame_type) = FrameType::from_u8(record.kind) else { continue };
-                let (_, seq) = wire::disk_scoped_prefix(record.body)
-                    .map_err(|source| TargetError::Wire { disk: self.name.clone(), source })?;
-                if seq > self.applied_seq {
-                    self.check_and_queue(frame_type, record.body, seq)?;
-                    if let Some(point) = self.staged_consistent.take() {
-                        self.consistent = Some(point);
-                    }
-                    let mut queued = std::mem::take(&mut self.staged_writes);
-                    self.write_image(&mut queued)?;
-                    self.durable_seq = self.durable_seq.max(seq);
+            if recovery.valid_len != bytes.len() as u64 {
+                if !is_newest {
+                    return Err(TargetError::Metadata {
+                        path,
+                        reason: "torn record in a journal segment that is not the newest".into(),
+                    });
                 }
+                // The append a crash interrupted was never acked: cut it off for good, so
+                // this segment is clean once newer ones follow it.
+                log::warn!(
+                    "replica {}: cutting a torn record off {} at byte {}",
+                    self.name,
+                    path.display(),
+                    recovery.valid_len
+                );
+                let file =
+                    OpenOptions::new().write(true).open(&path).map_err(io_error("open", &path))?;
+                file.set_len(recovery.valid_len).map_err(io_error("truncate", &path))?;
+                file.sync_all().map_err(io_error("fsync", &path))?;
             }
+            let valid = &bytes[..recovery.valid_len as usize];
+            let mut last_seq = 0;
+            for (record_at, record) in journal::records(valid) {
+                let Ok(frame_type) = FrameType::from_u8(record.kind) else { continue };
+                let (_, seq) = wire::disk_scoped_prefix(record.body).map_err(self.wire_error())?;
+                last_seq = last_seq.max(seq);
+                if seq <= self.base_seq {
+                    continue;
+                }
+                let body_at = record_at + journal::limits::RECORD_HEADER_BYTES as u64;
+                self.index_record(frame_type, record.body, seq, segment_id, body_at, &mut markers)?;
+                self.durable_seq = self.durable_seq.max(seq);
+            }
+            let file = File::open(&path).map_err(io_error("open", &path))?;
+            let segment =
+                Segment { file: Arc::new(file), path, last_seq, bytes: recovery.valid_len };
+            self.index.segments.insert(segment_id, segment);
+        }
+        for extent in std::mem::take(&mut self.staged_extents) {
+            self.index.push(extent);
+        }
+        let logged = self.points.points.last().map_or(0, |point| point.seq);
+        for marker in markers {
+            self.consistent = Some(ConsistentPoint {
+                seq: marker.seq,
+                marker_id: marker.marker_id,
+                time_unix_ms: marker.time_unix_ms,
+            });
+            if marker.seq > logged {
+                self.points.on_marker(&marker, self.retention.point_interval_ms, |_| false)?;
+            }
+        }
+        let base_seq = self.base_seq;
+        let below_base = self.points.points.iter().filter(|p| p.seq < base_seq).count();
+        if below_base > 0 {
+            log::warn!(
+                "replica {}: {below_base} recovery points are older than the base image and \
+                 cannot be read any more; dropping them",
+                self.name
+            );
+            self.points.retain(|point| point.seq >= base_seq)?;
         }
         if !segments.is_empty() {
             log::info!(
-                "replica {}: replayed journal up to sequence {}",
+                "replica {}: journal holds sequences {}..={} ({} extents, {} points)",
                 self.name,
-                self.durable_seq
+                self.base_seq + 1,
+                self.durable_seq,
+                self.index.extents.len(),
+                self.points.points.len()
             );
         }
-        self.checkpoint()
+        Ok(())
     }
 
-    /// Syncs the image, records how far it is, and drops the journal segments before the
-    /// current one.
-    pub(crate) fn checkpoint(&mut self) -> Result<(), TargetError> {
-        self.apply_durable()?;
-        self.image.sync_data().map_err(io_error("fsync", &self.image_path))?;
-        self.applied_seq = self.durable_seq;
-        self.write_meta()?;
-        let journal_dir = self.journal_dir();
-        for index in list_segments(&journal_dir)? {
-            if index != self.journal_index {
-                let path = journal_dir.join(journal::segment_file_name(index));
-                fs::remove_file(&path).map_err(io_error("remove", &path))?;
+    /// Indexes one journaled record (its body at `body_at` in `segment`) into `staged_extents`
+    /// and `markers`.
+    fn index_record(
+        &mut self,
+        frame_type: FrameType,
+        body: &[u8],
+        seq: u64,
+        segment: u64,
+        body_at: u64,
+        markers: &mut Vec<MarkerEntry>,
+    ) -> Result<(), TargetError> {
+        let frame = wire::RawFrame { frame_type, body }.decode().map_err(self.wire_error())?;
+        match frame {
+            wire::Frame::Marker(marker) => markers.push(MarkerEntry {
+                seq,
+                kind: marker_kind(marker.kind),
+                marker_id: marker.marker_id,
+                time_unix_ms: marker.time_unix_ms,
+            }),
+            wire::Frame::Writes(writes) => {
+                if writes.compression != wire::Compression::None {
+                    return Err(TargetError::Metadata {
+                        path: self.journal_dir(),
+                        reason: format!("record {seq} is compressed in a format-2 journal"),
+                    });
+                }
+                // The payload is a sub-slice of the body: its distance is its file position.
+                let payload_at =
+                    body_at + (writes.payload.as_ptr() as usize - body.as_ptr() as usize) as u64;
+                self.index_extents(&writes.extents, seq, segment, payload_at);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn index_extents(&mut self, extents: &[wire::Extent], seq: u64, segment: u64, data_at: u64) {
+        let mut pos = data_at;
+        for extent in extents {
+            let zero = !extent.has_payload();
+            self.staged_extents.push(IndexedExtent {
+                offset: extent.offset,
+                len: extent.len,
+                location: Location { seq, segment, pos, zero },
+            });
+            if !zero {
+                pos += u64::from(extent.len);
             }
         }
-        if self.journal_len > 0 {
-            self.journal_index += 1;
-            let path = journal_dir.join(journal::segment_file_name(self.journal_index));
-            self.journal_file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .map_err(io_error("create", &path))?;
-            self.journal_len = 0;
-            let old = journal_dir.join(journal::segment_file_name(self.journal_index - 1));
-            fs::remove_file(&old).map_err(io_error("remove", &old))?;
-        }
-        fsio::fsync_dir(&journal_dir).map_err(io_error("fsync", &journal_dir))
     }
 
-    /// A new generation replaces this replica's history (`agent --take-over`): everything
-    /// journaled goes into the image first, then the sequence restarts at 0. The data stays;
-    /// the agent's checksum resync fixes what differs.
+    fn wire_error(&self) -> impl Fn(WireError) -> TargetError + '_ {
+        |source| TargetError::Wire { disk: self.name.clone(), source }
+    }
+
+    /// A new generation replaces this replica's history (`agent --take-over`): the whole
+    /// journal goes into the base and the old generation's points are dropped (they belong to
+    /// a history that no longer continues), then the sequence restarts at 0.
     pub(crate) fn take_over(&mut self, generation: Generation) -> Result<(), TargetError> {
-        self.checkpoint()?;
+        let dropped = self.collapse_history()?;
         log::warn!(
-            "replica {}: generation {} takes over from {} (agent --take-over)",
+            "replica {}: generation {} takes over from {} (agent --take-over); {dropped} \
+             recovery points of the old generation dropped",
             self.name,
             wire::generation_to_hex(&generation),
             wire::generation_to_hex(&self.generation)
@@ -328,13 +476,28 @@ impl Replica {
         self.generation = generation;
         self.durable_seq = 0;
         self.staged_seq = 0;
-        self.applied_seq = 0;
+        self.base_seq = 0;
         self.consistent = None;
-        self.staged_consistent = None;
+        for segment in self.index.segments.values_mut() {
+            segment.last_seq = 0;
+        }
         self.write_meta()
     }
 
-    /// Adopts a new disk size announced by the source.
+    /// Applies the whole journal into the base and drops every point; returns how many.
+    fn collapse_history(&mut self) -> Result<usize, TargetError> {
+        self.flush_journal()?;
+        let dropped = self.points.retain(|_| false)?;
+        if self.journal_len > 0 {
+            self.open_segment(self.journal_index + 1)?;
+        }
+        self.apply_through(self.durable_seq, u64::MAX)?;
+        Ok(dropped)
+    }
+
+    /// Adopts a new disk size announced by the source. Growing keeps every point (their
+    /// extra bytes read as zeroes); shrinking would cut data off older points, so it applies
+    /// the journal and drops them.
     pub(crate) fn resize(&mut self, size_bytes: u64) -> Result<(), TargetError> {
         if size_bytes == self.size_bytes {
             return Ok(());
@@ -345,18 +508,24 @@ impl Replica {
             self.size_bytes,
             size_bytes
         );
-        self.image.set_len(size_bytes).map_err(io_error("resize", &self.image_path))?;
+        if size_bytes < self.size_bytes && !self.points.points.is_empty() {
+            let dropped = self.collapse_history()?;
+            log::warn!("replica {}: the disk shrank; {dropped} recovery points dropped", self.name);
+        }
+        self.base.set_len(size_bytes).map_err(io_error("resize", &self.image_path))?;
+        self.base.sync_all().map_err(io_error("fsync", &self.image_path))?;
         self.size_bytes = size_bytes;
-        self.checkpoint()
+        self.write_meta()
     }
 
-    /// Staged bytes of decompressed write data, for the caller's group-commit bound.
+    /// Staged journal bytes, for the caller's group-commit bound.
     pub(crate) fn staged_data_bytes(&self) -> usize {
-        self.staged_writes.data.len()
+        self.pending.len()
     }
 
-    /// Checks a frame completely (decodes, bounds, decompresses) and queues it for the next
-    /// journal flush. Checked before journaling, so nothing acked can fail to apply.
+    /// Checks a frame completely (decodes, bounds, decompresses) and stages it, uncompressed,
+    /// for the next journal flush. Checked before journaling, so nothing acked can fail to
+    /// apply.
     pub(crate) fn stage(
         &mut self,
         frame_type: FrameType,
@@ -364,57 +533,57 @@ impl Replica {
         seq: u64,
     ) -> Result<(), TargetError> {
         assert_eq!(seq, self.staged_seq + 1, "the caller checked the sequence");
-        self.check_and_queue(frame_type, body, seq)?;
-        journal::encode_record(frame_type as u8, body, &mut self.pending)
-            .map_err(|source| TargetError::Journal { path: self.journal_dir(), source })?;
+        let journal_path = self.journal_dir();
+        let journal_error = |source| TargetError::Journal { path: journal_path.clone(), source };
+        let frame = wire::RawFrame { frame_type, body }.decode().map_err(self.wire_error())?;
+        match frame {
+            wire::Frame::Writes(writes) => {
+                for extent in &writes.extents {
+                    let end = extent.offset + u64::from(extent.len);
+                    if end > self.size_bytes {
+                        let size = self.size_bytes;
+                        return Err(TargetError::BeyondEnd { disk: self.name.clone(), end, size });
+                    }
+                }
+                let data: &[u8] = if writes.compression == wire::Compression::None {
+                    writes.payload
+                } else {
+                    self.scratch.clear();
+                    wire::append_writes_data(&writes, &mut self.scratch)
+                        .map_err(self.wire_error())?;
+                    &self.scratch
+                };
+                let start = journal::begin_record(frame_type as u8, &mut self.pending);
+                wire::encode_writes_head(&writes, wire::Compression::None, &mut self.pending);
+                let data_at = self.journal_len + self.pending.len() as u64;
+                self.pending.extend_from_slice(data);
+                if let Err(source) = journal::seal_record(&mut self.pending, start) {
+                    return Err(journal_error(source));
+                }
+                let segment = self.journal_index;
+                self.index_extents(&writes.extents, seq, segment, data_at);
+            }
+            wire::Frame::Marker(marker) => {
+                self.staged_markers.push(MarkerEntry {
+                    seq,
+                    kind: marker_kind(marker.kind),
+                    marker_id: marker.marker_id,
+                    time_unix_ms: marker.time_unix_ms,
+                });
+                journal::encode_record(frame_type as u8, body, &mut self.pending)
+                    .map_err(journal_error)?;
+            }
+            _ => {
+                journal::encode_record(frame_type as u8, body, &mut self.pending)
+                    .map_err(journal_error)?;
+            }
+        }
         self.staged_seq = seq;
         Ok(())
     }
 
-    /// Decodes a journaled frame body and appends its writes to `staged_writes`.
-    fn check_and_queue(
-        &mut self,
-        frame_type: FrameType,
-        body: &[u8],
-        seq: u64,
-    ) -> Result<(), TargetError> {
-        let wire_error = |source: WireError| TargetError::Wire { disk: self.name.clone(), source };
-        if frame_type == FrameType::Marker {
-            let wire::Frame::Marker(marker) =
-                wire::RawFrame { frame_type, body }.decode().map_err(wire_error)?
-            else {
-                unreachable!("frame type checked above");
-            };
-            if marker.kind == wire::MarkerKind::Crash {
-                self.staged_consistent = Some(ConsistentPoint {
-                    seq,
-                    marker_id: marker.marker_id,
-                    time_unix_ms: marker.time_unix_ms,
-                });
-            }
-            return Ok(());
-        }
-        if frame_type != FrameType::Writes {
-            return Ok(());
-        }
-        let wire::Frame::Writes(writes) =
-            wire::RawFrame { frame_type, body }.decode().map_err(wire_error)?
-        else {
-            unreachable!("frame type checked above");
-        };
-        for extent in &writes.extents {
-            let end = extent.offset + u64::from(extent.len);
-            if end > self.size_bytes {
-                let size = self.size_bytes;
-                return Err(TargetError::BeyondEnd { disk: self.name.clone(), end, size });
-            }
-        }
-        wire::append_writes_data(&writes, &mut self.staged_writes.data).map_err(wire_error)?;
-        self.staged_writes.extents.extend_from_slice(&writes.extents);
-        Ok(())
-    }
-
-    /// Makes the staged records durable: one write and one fdatasync for the whole batch.
+    /// Makes the staged records durable: one write and one fdatasync for the whole batch;
+    /// then indexes them and takes the points their markers call for.
     pub(crate) fn flush_journal(&mut self) -> Result<(), TargetError> {
         if self.pending.is_empty() {
             return Ok(());
@@ -426,53 +595,180 @@ impl Replica {
         self.journal_file.sync_data().map_err(io_error("fdatasync", &path))?;
         self.journal_len += self.pending.len() as u64;
         self.pending.clear();
-        self.durable_writes.append(&mut self.staged_writes);
-        if let Some(point) = self.staged_consistent.take() {
-            self.consistent = Some(point);
-            self.consistent_points += 1;
-        }
         assert!(self.staged_seq >= self.durable_seq, "durable sequence never goes back");
         self.durable_seq = self.staged_seq;
-        Ok(())
-    }
-
-    pub(crate) fn wants_checkpoint(&self) -> bool {
-        self.journal_len >= CHECKPOINT_JOURNAL_BYTES
-    }
-
-    pub(crate) fn has_journal(&self) -> bool {
-        self.journal_len > 0
-    }
-
-    /// Writes everything durable into the image.
-    pub(crate) fn apply_durable(&mut self) -> Result<(), TargetError> {
-        let mut durable = std::mem::take(&mut self.durable_writes);
-        let result = self.write_image(&mut durable);
-        self.durable_writes = durable;
-        result
-    }
-
-    fn write_image(&mut self, writes: &mut PendingWrites) -> Result<(), TargetError> {
-        let mut data_at = 0usize;
-        for extent in &writes.extents {
-            if extent.has_payload() {
-                let bytes = &writes.data[data_at..data_at + extent.len as usize];
-                self.image
-                    .write_all_at(bytes, extent.offset)
-                    .map_err(io_error("write", &self.image_path))?;
-                data_at += extent.len as usize;
-            } else {
-                fsio::zero_range(&self.image, extent.offset, u64::from(extent.len))
-                    .map_err(io_error("zero", &self.image_path))?;
-            }
-            self.bytes_applied += u64::from(extent.len);
+        let segment = self.index.segments.get_mut(&self.journal_index).expect("current segment");
+        segment.bytes = self.journal_len;
+        segment.last_seq = self.durable_seq;
+        for extent in std::mem::take(&mut self.staged_extents) {
+            self.index.push(extent);
         }
-        assert_eq!(data_at, writes.data.len(), "extents account for every data byte");
-        writes.clear();
+        for marker in std::mem::take(&mut self.staged_markers) {
+            self.consistent = Some(ConsistentPoint {
+                seq: marker.seq,
+                marker_id: marker.marker_id,
+                time_unix_ms: marker.time_unix_ms,
+            });
+            self.consistent_points += 1;
+            let pins = &self.pins;
+            let interval = self.retention.point_interval_ms;
+            if let Some(point) =
+                self.points.on_marker(&marker, interval, |id| pins.contains_key(&id))?
+            {
+                log::debug!("replica {}: point {} at sequence {}", self.name, point.id, point.seq);
+            }
+        }
+        if self.journal_len >= SEGMENT_BYTES {
+            self.open_segment(self.journal_index + 1)?;
+        }
         Ok(())
     }
 
-    /// Checksums of `count` blocks from `offset`, clipped at the disk size (design.md §3).
+    /// One step of retention and pruning at `now_unix_ms`; true if more work is left.
+    pub(crate) fn maintain(&mut self, now_unix_ms: u64) -> Result<bool, TargetError> {
+        self.apply_retention(now_unix_ms)?;
+        let target = match self.points.points.first() {
+            Some(oldest) => oldest.seq,
+            None => self.consistent.map_or(self.base_seq, |point| point.seq),
+        };
+        self.apply_through(target.min(self.durable_seq), PRUNE_STEP_BYTES)
+    }
+
+    fn apply_retention(&mut self, now_unix_ms: u64) -> Result<(), TargetError> {
+        let all: Vec<_> = self.points.points.iter().map(StoredPoint::retention_point).collect();
+        let mut keep: std::collections::BTreeSet<u64> =
+            points::retention::keep(&all, &self.retention.policy, now_unix_ms)
+                .into_iter()
+                .collect();
+        keep.extend(self.pins.keys());
+        // Over a limit, the oldest unpinned points go first, never the newest.
+        let mut over_count = keep.len().saturating_sub(POINTS_MAX);
+        let mut over_bytes = self.index.bytes() > self.retention.journal_bytes_max;
+        let newest = self.points.points.last().map(|point| point.id);
+        for point in &self.points.points {
+            if !(over_count > 0 || over_bytes) || Some(point.id) == newest {
+                break;
+            }
+            if keep.contains(&point.id) && !self.pins.contains_key(&point.id) {
+                keep.remove(&point.id);
+                over_count = over_count.saturating_sub(1);
+                over_bytes = false;
+                log::warn!(
+                    "replica {}: point {} dropped early: the journal is over \
+                     target.journal_bytes_max or the disk has over {POINTS_MAX} points",
+                    self.name,
+                    point.id
+                );
+            }
+        }
+        let dropped = self.points.retain(|point| keep.contains(&point.id))?;
+        if dropped > 0 {
+            log::info!("replica {}: retention dropped {dropped} recovery points", self.name);
+            self.write_meta()?;
+        }
+        Ok(())
+    }
+
+    /// Applies journal frames up to `target` (a sequence) into the base, whole frames only,
+    /// stopping after about `budget` bytes; syncs the base, records how far it is and deletes
+    /// the segments it no longer needs. True if frames up to `target` are left.
+    fn apply_through(&mut self, target: u64, budget: u64) -> Result<bool, TargetError> {
+        if target <= self.base_seq {
+            return Ok(false);
+        }
+        let mut applied_bytes = 0u64;
+        let mut applied_through = self.base_seq;
+        let mut at = 0usize;
+        while let Some(first) = self.index.extents.get(at).copied() {
+            let seq = first.location.seq;
+            if seq > target || applied_bytes >= budget {
+                break;
+            }
+            while let Some(extent) = self.index.extents.get(at).copied() {
+                if extent.location.seq != seq {
+                    break;
+                }
+                self.apply_extent(&extent)?;
+                applied_bytes += u64::from(extent.len);
+                at += 1;
+            }
+            applied_through = seq;
+        }
+        let finished = self.index.extents.get(at).is_none_or(|next| next.location.seq > target);
+        if finished {
+            applied_through = target;
+        }
+        if applied_through == self.base_seq {
+            return Ok(!finished);
+        }
+        self.base.sync_data().map_err(io_error("fsync", &self.image_path))?;
+        self.base_seq = applied_through;
+        self.write_meta()?;
+        self.index.drop_through(self.base_seq);
+        let obsolete: Vec<u64> = self
+            .index
+            .segments
+            .iter()
+            .filter(|(&id, segment)| id != self.journal_index && segment.last_seq <= self.base_seq)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &obsolete {
+            let segment = self.index.segments.remove(id).expect("listed above");
+            fs::remove_file(&segment.path).map_err(io_error("remove", &segment.path))?;
+        }
+        if !obsolete.is_empty() {
+            let dir = self.journal_dir();
+            fsio::fsync_dir(&dir).map_err(io_error("fsync", &dir))?;
+        }
+        Ok(!finished)
+    }
+
+    fn apply_extent(&mut self, extent: &IndexedExtent) -> Result<(), TargetError> {
+        let len = u64::from(extent.len);
+        if extent.location.zero {
+            fsio::zero_range(&self.base, extent.offset, len)
+                .map_err(io_error("zero", &self.image_path))?;
+        } else {
+            let segment = &self.index.segments[&extent.location.segment];
+            self.scratch.resize(extent.len as usize, 0);
+            segment
+                .file
+                .read_exact_at(&mut self.scratch, extent.location.pos)
+                .map_err(io_error("read", &segment.path))?;
+            self.base
+                .write_all_at(&self.scratch, extent.offset)
+                .map_err(io_error("write", &self.image_path))?;
+        }
+        self.bytes_applied += len;
+        Ok(())
+    }
+
+    /// The disk as of `seq`, readable without copying. `seq` must not be older than the base.
+    pub(crate) fn view(&self, seq: u64) -> PointView {
+        assert!(seq >= self.base_seq, "a point older than the base cannot be read");
+        self.index.view(seq, self.base.clone(), self.size_bytes)
+    }
+
+    /// Keeps point `id` (and so everything it needs) until `unpin`.
+    pub(crate) fn pin(&mut self, id: u64) {
+        *self.pins.entry(id).or_default() += 1;
+    }
+
+    pub(crate) fn unpin(&mut self, id: u64) {
+        if let Some(count) = self.pins.get_mut(&id) {
+            *count -= 1;
+            if *count == 0 {
+                self.pins.remove(&id);
+            }
+        }
+    }
+
+    pub(crate) fn journal_bytes(&self) -> u64 {
+        self.index.bytes()
+    }
+
+    /// Checksums of `count` blocks from `offset` of the disk as it is now, clipped at the disk
+    /// size (design.md §3).
     pub(crate) fn checksums(
         &self,
         offset: u64,
@@ -484,7 +780,8 @@ impl Replica {
         for index in 0..u64::from(count) {
             let start = offset.saturating_add(index * u64::from(block_bytes));
             let len = self.size_bytes.saturating_sub(start).min(u64::from(block_bytes)) as usize;
-            fsio::read_at_padded(&self.image, &mut block[..len], start)
+            self.index
+                .read_head(&self.base, &mut block[..len], start)
                 .map_err(io_error("read", &self.image_path))?;
             out.extend_from_slice(&wire::block_checksum(&block[..len]));
         }
@@ -494,4 +791,64 @@ impl Replica {
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>, TargetError> {
     fsio::list_indexed(dir, journal::parse_segment_file_name).map_err(io_error("list", dir))
+}
+
+/// Format-1 disks: their journal holds compressed frames newer than `applied_seq` that were
+/// applied to the image only up to the last checkpoint. Applying them all brings the image
+/// to the journal's end, which format 2 then takes as its base.
+mod legacy {
+    use super::*;
+
+    pub(super) fn apply_journal(
+        disk_dir: &Path,
+        name: &str,
+        image: &File,
+        image_path: &Path,
+        applied_seq: u64,
+    ) -> Result<(), TargetError> {
+        let journal_dir = disk_dir.join("journal");
+        let segments = list_segments(&journal_dir)?;
+        let mut data = Vec::new();
+        let wire_error = |source| TargetError::Wire { disk: name.to_string(), source };
+        for index in &segments {
+            let path = journal_dir.join(journal::segment_file_name(*index));
+            let bytes = fs::read(&path).map_err(io_error("read", &path))?;
+            let recovery = journal::recover(&bytes)
+                .map_err(|source| TargetError::Journal { path: path.clone(), source })?;
+            for (_, record) in journal::records(&bytes[..recovery.valid_len as usize]) {
+                let Ok(frame_type) = FrameType::from_u8(record.kind) else { continue };
+                let body = record.body;
+                let Ok(wire::Frame::Writes(writes)) =
+                    (wire::RawFrame { frame_type, body }).decode()
+                else {
+                    continue;
+                };
+                if writes.seq <= applied_seq {
+                    continue;
+                }
+                data.clear();
+                wire::append_writes_data(&writes, &mut data).map_err(wire_error)?;
+                let mut at = 0usize;
+                for extent in &writes.extents {
+                    if extent.has_payload() {
+                        let bytes = &data[at..at + extent.len as usize];
+                        image
+                            .write_all_at(bytes, extent.offset)
+                            .map_err(io_error("write", image_path))?;
+                        at += extent.len as usize;
+                    } else {
+                        fsio::zero_range(image, extent.offset, u64::from(extent.len))
+                            .map_err(io_error("zero", image_path))?;
+                    }
+                }
+            }
+        }
+        image.sync_data().map_err(io_error("fsync", image_path))?;
+        for index in &segments {
+            let path = journal_dir.join(journal::segment_file_name(*index));
+            fs::remove_file(&path).map_err(io_error("remove", &path))?;
+        }
+        log::info!("replica {name}: format-1 journal applied; now keeping recovery points");
+        Ok(())
+    }
 }

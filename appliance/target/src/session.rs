@@ -15,9 +15,6 @@ use crate::replica::Replica;
 use crate::Store;
 
 const READ_BUFFER_BYTES: usize = 256 << 10;
-/// A link quiet for this long gets its disks checkpointed, so an idle replica is current on
-/// disk and its journal is short.
-const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(5);
 const IDLE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +30,7 @@ enum SessionError {
 }
 
 struct Session<'a> {
-    store: &'a Store,
+    store: &'a Arc<Store>,
     stream: TcpStream,
     out: Vec<u8>,
     greeted: bool,
@@ -44,10 +41,9 @@ struct Session<'a> {
     staged_bytes: usize,
     /// Staged bytes after which a flush happens even if more frames are buffered.
     staged_bytes_max: usize,
-    last_write: std::time::Instant,
 }
 
-pub(crate) fn serve(id: u64, stream: TcpStream, store: &Store, staged_bytes_max: usize) {
+pub(crate) fn serve(id: u64, stream: TcpStream, store: &Arc<Store>, staged_bytes_max: usize) {
     let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |addr| addr.to_string());
     log::debug!("connection {id} from {peer}");
     match run(stream, store, staged_bytes_max) {
@@ -57,7 +53,7 @@ pub(crate) fn serve(id: u64, stream: TcpStream, store: &Store, staged_bytes_max:
     }
 }
 
-fn run(stream: TcpStream, store: &Store, staged_bytes_max: usize) -> Result<(), SessionError> {
+fn run(stream: TcpStream, store: &Arc<Store>, staged_bytes_max: usize) -> Result<(), SessionError> {
     stream.set_nodelay(true)?;
     let mut reader_stream = stream.try_clone()?;
     reader_stream.set_read_timeout(Some(IDLE_POLL_INTERVAL))?;
@@ -71,7 +67,6 @@ fn run(stream: TcpStream, store: &Store, staged_bytes_max: usize) -> Result<(), 
         staged: BTreeSet::new(),
         staged_bytes: 0,
         staged_bytes_max,
-        last_write: std::time::Instant::now(),
     };
     let mut reader = FrameReader::new();
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
@@ -79,7 +74,7 @@ fn run(stream: TcpStream, store: &Store, staged_bytes_max: usize) -> Result<(), 
         let received = match reader_stream.read(&mut buf) {
             Ok(0) => {
                 warn_if_mid_frame(&reader);
-                return session.flush().and_then(|()| session.checkpoint_all());
+                return session.flush();
             }
             Ok(received) => received,
             Err(error)
@@ -88,7 +83,6 @@ fn run(stream: TcpStream, store: &Store, staged_bytes_max: usize) -> Result<(), 
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                session.checkpoint_if_idle()?;
                 continue;
             }
             Err(error) => {
@@ -106,7 +100,7 @@ fn run(stream: TcpStream, store: &Store, staged_bytes_max: usize) -> Result<(), 
             Ok(true) => {}
             Ok(false) => {
                 warn_if_mid_frame(&reader);
-                return session.checkpoint_all();
+                return Ok(());
             }
             Err(error) => {
                 session.send_error(&error);
@@ -172,6 +166,13 @@ impl Session<'_> {
                 let json = self.store.status_json();
                 self.push(&Frame::Status { json: &json })
             }
+            Frame::Control { json } => match crate::control::handle(self.store, json) {
+                Ok(reply) => self.push(&Frame::Status { json: &reply }),
+                Err(message) => {
+                    log::warn!("control request refused: {message}");
+                    self.push(&Frame::Error { code: error_code::REFUSED, message: &message })
+                }
+            },
             // Answered so the relay can tell a live but idle target from a cut link.
             Frame::Heartbeat { time_unix_ms } => self.push(&Frame::Heartbeat { time_unix_ms }),
             Frame::Error { code, message } => {
@@ -260,7 +261,6 @@ impl Session<'_> {
             return Err(protocol(error_code::SEQUENCE, message));
         }
         replica.stage(raw.frame_type, raw.body, seq)?;
-        self.last_write = std::time::Instant::now();
         let staged_data = replica.staged_data_bytes();
         drop(replica);
         self.staged_bytes += raw.body.len();
@@ -300,18 +300,21 @@ impl Session<'_> {
         }))
     }
 
-    /// Journal, fdatasync, apply, ack: an ack means durable, and the replica image already
-    /// shows the data (so a `cmp` right after `agent --once` compares what it should).
+    /// Journal, fdatasync, ack: an ack means durable. Then, where a new point may let the
+    /// base move (short retention), one pruning step right away, so a replica image with
+    /// nothing to retain is current as soon as its writes are acked (and `cmp` right after
+    /// `agent --once` compares what it should).
     fn flush(&mut self) -> Result<(), SessionError> {
         let staged = std::mem::take(&mut self.staged);
         self.staged_bytes = 0;
         let mut acks = Vec::with_capacity(staged.len());
+        let mut marked = Vec::new();
         for &disk_id in &staged {
             let mut replica = self.disks[&disk_id].lock().expect("replica lock");
+            let consistent = replica.consistent;
             replica.flush_journal()?;
-            replica.apply_durable()?;
-            if replica.wants_checkpoint() {
-                replica.checkpoint()?;
+            if replica.consistent != consistent {
+                marked.push(disk_id);
             }
             let durable = replica.durable_seq;
             acks.push(AckEntry { disk_id, durable_seq: durable, replicated_seq: durable });
@@ -319,22 +322,9 @@ impl Session<'_> {
         if !acks.is_empty() {
             self.push(&Frame::Ack(acks))?;
         }
-        self.send()
-    }
-
-    fn checkpoint_if_idle(&mut self) -> Result<(), SessionError> {
-        if self.last_write.elapsed() >= IDLE_CHECKPOINT_AFTER {
-            self.checkpoint_all()?;
-        }
-        Ok(())
-    }
-
-    fn checkpoint_all(&mut self) -> Result<(), SessionError> {
-        for replica in self.disks.values() {
-            let mut replica = replica.lock().expect("replica lock");
-            if replica.has_journal() {
-                replica.checkpoint()?;
-            }
+        self.send()?;
+        for disk_id in marked {
+            self.disks[&disk_id].lock().expect("replica lock").maintain(crate::now_unix_ms())?;
         }
         Ok(())
     }

@@ -32,6 +32,8 @@ pub enum FrameType {
     DiskState = 10,
     StatusRequest = 11,
     Status = 12,
+    /// An operator command (JSON) to a target; answered by `Status` (JSON) or `Error`.
+    Control = 13,
 }
 
 impl FrameType {
@@ -49,6 +51,7 @@ impl FrameType {
             10 => Self::DiskState,
             11 => Self::StatusRequest,
             12 => Self::Status,
+            13 => Self::Control,
             other => return Err(WireError::UnknownFrameType(other)),
         })
     }
@@ -66,6 +69,7 @@ impl FrameType {
             Self::DiskState => "DiskState",
             Self::StatusRequest => "StatusRequest",
             Self::Status => "Status",
+            Self::Control => "Control",
         }
     }
     /// Frames whose body starts with `disk_id u32`.
@@ -285,6 +289,7 @@ pub enum Frame<'a> {
     DiskState(DiskState),
     StatusRequest,
     Status { json: &'a str },
+    Control { json: &'a str },
 }
 
 /// Error codes carried by `Error` frames.
@@ -298,6 +303,9 @@ pub mod error_code {
     pub const UNKNOWN_DISK: u16 = 7;
     /// Not now: retry after a pause (e.g. a take-over while the old generation still drains).
     pub const BUSY: u16 = 8;
+    /// An operator's `Control` request that cannot be done as asked (unknown point, bad
+    /// argument); the message says why.
+    pub const REFUSED: u16 = 9;
 }
 
 impl Frame<'_> {
@@ -315,6 +323,7 @@ impl Frame<'_> {
             Frame::DiskState(_) => FrameType::DiskState,
             Frame::StatusRequest => FrameType::StatusRequest,
             Frame::Status { .. } => FrameType::Status,
+            Frame::Control { .. } => FrameType::Control,
         }
     }
 
@@ -398,7 +407,7 @@ impl Frame<'_> {
                 w.u64(state.total_bytes);
             }
             Frame::StatusRequest => {}
-            Frame::Status { json } => w.text(json),
+            Frame::Status { json } | Frame::Control { json } => w.text(json),
         }
     }
 
@@ -420,6 +429,9 @@ impl Frame<'_> {
             Frame::Checksums(sums) => validate_checksums(sums),
             Frame::DiskAttach { disk, .. } => check_name("DiskInfo.name", disk.name),
             Frame::Status { json } => check_count("Status.json", json.len(), STATUS_JSON_BYTES_MAX),
+            Frame::Control { json } => {
+                check_count("Control.json", json.len(), STATUS_JSON_BYTES_MAX)
+            }
             Frame::Marker(_)
             | Frame::Heartbeat { .. }
             | Frame::DiskState(_)
@@ -632,6 +644,9 @@ fn decode_body(frame_type: FrameType, body: &[u8]) -> Result<Frame<'_>, WireErro
         }),
         FrameType::StatusRequest => Frame::StatusRequest,
         FrameType::Status => Frame::Status { json: r.text("Status.json", STATUS_JSON_BYTES_MAX)? },
+        FrameType::Control => {
+            Frame::Control { json: r.text("Control.json", STATUS_JSON_BYTES_MAX)? }
+        }
     };
     r.finish()?;
     Ok(frame)

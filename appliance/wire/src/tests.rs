@@ -242,6 +242,7 @@ proptest! {
             Frame::DiskState(DiskState { disk_id, state: DiskStateKind::Resyncing, done_bytes: a, total_bytes: b }),
             Frame::StatusRequest,
             Frame::Status { json: &text },
+            Frame::Control { json: &text },
         ];
         let mut stream = Vec::new();
         for frame in &frames { frame.encode(&mut stream).unwrap(); }
