@@ -690,11 +690,27 @@ impl Cluster {
         cluster.started()
     }
 
+    /// Like `start`, with the target configured by `target_toml` (retention, say).
+    pub(crate) fn start_with_target_config(label: &str, target_toml: &str) -> Cluster {
+        let dir = TestDir::new(label);
+        let logs = dir.subdir("logs");
+        let config = logs.join("target.toml");
+        fs::write(&config, target_toml).expect("write target config");
+        let config = config.to_str().expect("utf-8 path").to_string();
+        let target = Server::target_with(&dir.join("target-data"), &logs, &["--config", &config]);
+        Self::assemble(dir, target).started()
+    }
+
     /// Like `start`, without starting anything yet.
     pub(crate) fn new(label: &str) -> Cluster {
         let dir = TestDir::new(label);
         let logs = dir.subdir("logs");
         let target = Server::target(&dir.join("target-data"), &logs);
+        Self::assemble(dir, target)
+    }
+
+    fn assemble(dir: TestDir, target: Server) -> Cluster {
+        let logs = dir.subdir("logs");
         let relay = Server::relay(target.addr(), &dir.join("relay-cache"), &logs);
         Cluster { target, relay, dir, agent_runs: AtomicU32::new(0) }
     }

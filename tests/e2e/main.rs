@@ -16,5 +16,6 @@ mod crash;
 mod generation;
 mod harness;
 mod nbd_badinput;
+mod points;
 mod sync;
 mod tap;

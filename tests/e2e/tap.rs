@@ -17,17 +17,21 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-struct TapRig {
-    cluster: Cluster,
-    agent: Server,
-    source: PathBuf,
+pub(crate) struct TapRig {
+    pub(crate) cluster: Cluster,
+    pub(crate) agent: Server,
+    pub(crate) source: PathBuf,
 }
 
 impl TapRig {
     /// Target, relay and a capturing agent over a `size` byte source (zeros, then a seeded
     /// pattern in its first MiB so the initial sync moves data), protected.
     fn start(label: &str, size: u64, agent_config: Option<&str>) -> TapRig {
-        let cluster = Cluster::start(label);
+        Self::start_on(Cluster::start(label), size, agent_config)
+    }
+
+    /// Like `start`, on a cluster the caller set up.
+    pub(crate) fn start_on(cluster: Cluster, size: u64, agent_config: Option<&str>) -> TapRig {
         let source = cluster.dir.join("source.img");
         let file = File::create(&source).expect("create source");
         file.set_len(size).expect("size source");
@@ -55,7 +59,7 @@ impl TapRig {
         rig
     }
 
-    fn uri(&self) -> String {
+    pub(crate) fn uri(&self) -> String {
         format!("nbd://{}", self.agent.addr())
     }
 
@@ -63,7 +67,7 @@ impl TapRig {
         self.cluster.wait_replica_identical(&self.source, "d0", CONVERGE_TIMEOUT, context);
     }
 
-    fn qemu_io(&self, extra: &[&str], script: &str, label: &str) -> Finished {
+    pub(crate) fn qemu_io(&self, extra: &[&str], script: &str, label: &str) -> Finished {
         qemu_io_script(&self.uri(), extra, script, &self.cluster.dir, label)
     }
 
@@ -115,7 +119,7 @@ fn spawn_qemu_io(
 }
 
 /// Runs a qemu-io command script to completion; any reported failure fails the test.
-fn qemu_io_script(
+pub(crate) fn qemu_io_script(
     target: &str,
     extra: &[&str],
     script: &str,
@@ -139,7 +143,7 @@ fn qemu_io_script(
 
 /// Seeded `write` commands, overlapping freely (sync writes: a defined order), with
 /// write-zeroes and discards mixed in.
-fn random_write_script(seed: u64, size: u64, count: u32, fua_every: u32) -> String {
+pub(crate) fn random_write_script(seed: u64, size: u64, count: u32, fua_every: u32) -> String {
     let mut rng = Rng::new(seed);
     let blocks = size / 4096;
     let mut script = String::new();
@@ -347,20 +351,20 @@ fn ext4_through_nbdfuse_and_loop_replica_passes_fsck() {
     assert!(fsck.status.success(), "e2fsck of the replica failed\n{}", fsck.describe());
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .map(|status| status.lines().any(|line| line.starts_with("Uid:\t0\t")))
         .unwrap_or(false)
 }
 
 /// Unmounts, detaches the loop device and unmounts nbdfuse on drop, also when a step panics.
-struct LoopCleanup {
+pub(crate) struct LoopCleanup {
     device: String,
     fs_dir: PathBuf,
     fuse_dir: PathBuf,
 }
 
-fn scopeguard_loop(device: String, fs_dir: PathBuf, fuse_dir: PathBuf) -> LoopCleanup {
+pub(crate) fn scopeguard_loop(device: String, fs_dir: PathBuf, fuse_dir: PathBuf) -> LoopCleanup {
     LoopCleanup { device, fs_dir, fuse_dir }
 }
 

@@ -3,6 +3,7 @@
 mod args;
 mod logger;
 mod nbd_client;
+mod operate;
 mod quickstart;
 mod roles;
 mod signals;
@@ -25,6 +26,17 @@ usage:
       Protect raw images or block devices: full sync first, checksum resync afterwards.
   siterelay status --connect ADDR [--json]
       Per-disk state, backlog and cache use of a relay or target.
+  siterelay points list --connect TARGET [--disk NAME] [--json]
+      The recovery points a target keeps for each disk (id, time, kind).
+  siterelay failover test --connect TARGET --disk NAME [--point ID|latest|latest-app|latest-group]
+                          --nbd-listen ADDR|SOCKET [--json]
+      Export a point read-write over NBD (copy-on-write: the replica stays untouched).
+  siterelay failover materialize --connect TARGET --disk NAME [--point P] --output FILE
+                                 [--format raw|qcow2] [--wait] [--json]
+      Copy a point out to a new raw or qcow2 file.
+  siterelay failover jobs --connect TARGET [--json]
+  siterelay failover cleanup --connect TARGET --job ID
+      List jobs; stop a test failover and discard its writes.
   siterelay config check FILE
       Validate a configuration file (unknown keys and bad values with line and column).
   siterelay --version | --help
@@ -43,6 +55,8 @@ fn main() -> ExitCode {
         "relay" => roles::relay(rest),
         "agent" => roles::agent(rest),
         "status" => status::run(rest),
+        "points" => operate::points(rest),
+        "failover" => operate::failover(rest),
         "config" => roles::config(rest),
         "--version" | "version" => {
             println!("siterelay {}", env!("CARGO_PKG_VERSION"));

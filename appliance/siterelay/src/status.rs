@@ -26,13 +26,19 @@ pub(crate) fn run(rest: &[String]) -> Result<(), String> {
 
 /// Connects as an operator tool and returns the peer's status JSON.
 pub(crate) fn fetch(addr: SocketAddr) -> Result<String, String> {
-    let fail = |error: std::io::Error| format!("cannot get status from {addr}: {error}");
+    ask(addr, &Frame::StatusRequest)
+}
+
+/// Sends one operator request (`StatusRequest` or `Control`) and returns the JSON reply; a
+/// refusal comes back as its message.
+pub(crate) fn ask(addr: SocketAddr, request: &Frame<'_>) -> Result<String, String> {
+    let fail = |error: std::io::Error| format!("cannot reach {addr}: {error}");
     let mut stream = TcpStream::connect_timeout(&addr, STATUS_TIMEOUT).map_err(fail)?;
     stream.set_read_timeout(Some(STATUS_TIMEOUT)).map_err(fail)?;
     let mut out = Vec::new();
     let hello = Frame::Hello(wire::Hello::ours(Role::Control, "status", Vec::new()));
     hello.encode(&mut out).map_err(|error| error.to_string())?;
-    Frame::StatusRequest.encode(&mut out).map_err(|error| error.to_string())?;
+    request.encode(&mut out).map_err(|error| error.to_string())?;
     stream.write_all(&out).map_err(fail)?;
     let mut reader = FrameReader::new();
     let mut buf = vec![0u8; 64 << 10];
@@ -45,6 +51,9 @@ pub(crate) fn fetch(addr: SocketAddr) -> Result<String, String> {
         while let Some((raw, used)) = reader.peek().map_err(|error| format!("{addr}: {error}"))? {
             match raw.decode().map_err(|error| format!("{addr}: {error}"))? {
                 Frame::Status { json } => return Ok(json.to_string()),
+                Frame::Error { code, message } if code == wire::error_code::REFUSED => {
+                    return Err(message.to_string())
+                }
                 Frame::Error { code, message } => {
                     return Err(format!("{addr} refused: {message} (code {code})"))
                 }

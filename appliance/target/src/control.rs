@@ -76,7 +76,7 @@ fn points(store: &Store, only: Option<&str>) -> Result<Value, String> {
     let disks = store.disks.lock().expect("store lock");
     if let Some(name) = only {
         if !disks.contains_key(name) {
-            return Err(unknown_disk(store, name));
+            return Err(unknown_disk(&disks, name));
         }
     }
     let mut names: Vec<&String> =
@@ -104,17 +104,13 @@ fn points(store: &Store, only: Option<&str>) -> Result<Value, String> {
     Ok(json!({ "disks": list }))
 }
 
-fn unknown_disk(store: &Store, name: &str) -> String {
-    let disks = store.disks.try_lock().map(|disks| {
-        let mut names: Vec<String> = disks.keys().cloned().collect();
-        names.sort();
-        names.join(", ")
-    });
-    match disks {
-        Ok(names) if !names.is_empty() => {
-            format!("this target has no disk {name:?} (its disks: {names})")
-        }
-        _ => format!("this target has no disk {name:?}"),
+fn unknown_disk<V>(disks: &std::collections::HashMap<String, V>, name: &str) -> String {
+    let mut names: Vec<&str> = disks.keys().map(String::as_str).collect();
+    names.sort();
+    if names.is_empty() {
+        format!("this target has no disk {name:?} (it has none yet)")
+    } else {
+        format!("this target has no disk {name:?} (its disks: {})", names.join(", "))
     }
 }
 
@@ -156,8 +152,10 @@ fn start_job(
     disk: &str,
     wanted: &str,
 ) -> Result<(Arc<Mutex<Job>>, crate::index::PointView), String> {
-    let replica = store.disks.lock().expect("store lock").get(disk).cloned();
-    let Some(replica) = replica else { return Err(unknown_disk(store, disk)) };
+    let replica = {
+        let disks = store.disks.lock().expect("store lock");
+        disks.get(disk).cloned().ok_or_else(|| unknown_disk(&disks, disk))?
+    };
     let mut jobs = store.jobs.lock().expect("jobs lock");
     if jobs.jobs.len() >= JOBS_MAX {
         return Err(format!(

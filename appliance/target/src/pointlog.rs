@@ -2,9 +2,9 @@
 //! [`StoredPoint`]s, appended as points are taken and rewritten when retention drops some.
 //!
 //! The newest consistency boundary is always a point (the "latest" a user fails over to).
-//! Points are otherwise `point_interval` apart: a crash marker that comes sooner replaces the
-//! newest point if that one was itself too soon after its predecessor (a provisional point),
-//! else it is added as the new provisional one.
+//! Otherwise points are about `point_interval` apart: a crash marker within the interval
+//! after the point before the newest replaces the newest (a provisional point, itself that
+//! close), so a disk flushing a thousand times a second keeps at most two points per interval.
 //!
 //! Appends are not fsynced: the markers they come from are durable in the redo journal, and
 //! opening a disk takes points again from every journaled marker newer than the log's last
@@ -95,13 +95,16 @@ impl PointLog {
         Ok(PointLog { path, file, points, next_id })
     }
 
-    /// Whether the newest point is provisional: a crash point less than `interval_ms` after
-    /// the point before it, which the next crash marker replaces.
-    fn newest_is_provisional(&self, interval_ms: u64) -> bool {
+    /// Whether a crash marker at `time_unix_ms` replaces the newest point: that point is a
+    /// crash point less than `interval_ms` after the one before it (provisional), and so is
+    /// the marker. A marker past the interval keeps the provisional point and follows it.
+    fn replaces_newest(&self, time_unix_ms: u64, interval_ms: u64) -> bool {
         match self.points.as_slice() {
             [.., before, newest] => {
+                let window_end = before.time_unix_ms.saturating_add(interval_ms);
                 newest.kind == Kind::Crash
-                    && newest.time_unix_ms < before.time_unix_ms.saturating_add(interval_ms)
+                    && newest.time_unix_ms < window_end
+                    && time_unix_ms < window_end
             }
             _ => false,
         }
@@ -119,7 +122,7 @@ impl PointLog {
             return Ok(None);
         }
         let replace = marker.kind == Kind::Crash
-            && self.newest_is_provisional(interval_ms)
+            && self.replaces_newest(marker.time_unix_ms, interval_ms)
             && !self.points.last().is_some_and(|newest| pinned(newest.id));
         let point = StoredPoint {
             id: self.next_id,
@@ -163,5 +166,77 @@ impl PointLog {
             .open(&self.path)
             .map_err(io_error("open", &self.path))?;
         Ok(dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(label: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pointlog-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create temp dir");
+        dir
+    }
+
+    fn crash(seq: u64, time_unix_ms: u64) -> MarkerEntry {
+        MarkerEntry { seq, kind: Kind::Crash, marker_id: seq, time_unix_ms }
+    }
+
+    fn summary(log: &PointLog) -> Vec<(u64, u64)> {
+        log.points.iter().map(|point| (point.id, point.seq)).collect()
+    }
+
+    #[test]
+    fn markers_within_the_interval_move_one_provisional_point() {
+        let dir = temp_dir("interval");
+        let mut log = PointLog::open(&dir, 1).unwrap();
+        let none = |_| false;
+        log.on_marker(&crash(10, 1_000), 1_000, none).unwrap();
+        log.on_marker(&crash(20, 1_100), 1_000, none).unwrap();
+        log.on_marker(&crash(30, 1_200), 1_000, none).unwrap();
+        // 20 was provisional (100 ms after 10): 30 replaced it.
+        assert_eq!(summary(&log), vec![(1, 10), (3, 30)]);
+        // Past the interval after 10: 30 stays and 40 follows it.
+        log.on_marker(&crash(40, 2_100), 1_000, none).unwrap();
+        assert_eq!(summary(&log), vec![(1, 10), (3, 30), (4, 40)]);
+        // App-consistent points are never replaced.
+        let app = MarkerEntry { seq: 50, kind: Kind::App, marker_id: 50, time_unix_ms: 2_150 };
+        log.on_marker(&app, 1_000, none).unwrap();
+        log.on_marker(&crash(60, 2_160), 1_000, none).unwrap();
+        assert_eq!(summary(&log), vec![(1, 10), (3, 30), (4, 40), (5, 50), (6, 60)]);
+        // A pinned provisional point is kept.
+        log.on_marker(&crash(70, 2_170), 1_000, |id| id == 6).unwrap();
+        assert_eq!(summary(&log).last(), Some(&(7, 70)));
+        assert_eq!(log.points.len(), 6);
+        // Old markers (replayed after a crash) are ignored.
+        assert_eq!(log.on_marker(&crash(65, 9_000), 1_000, none).unwrap(), None);
+        let before = summary(&log);
+        drop(log);
+        let reopened = PointLog::open(&dir, 1).unwrap();
+        assert_eq!(summary(&reopened), before, "replacements survive a reopen");
+        assert_eq!(reopened.next_id, 8);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_append_is_dropped_and_retain_rewrites_durably() {
+        let dir = temp_dir("torn");
+        let mut log = PointLog::open(&dir, 1).unwrap();
+        for (index, seq) in [5u64, 9, 14].into_iter().enumerate() {
+            log.on_marker(&crash(seq, index as u64 * 10_000), 1_000, |_| false).unwrap();
+        }
+        let path = dir.join("points.log");
+        let full = fs::read(&path).unwrap();
+        fs::write(&path, &full[..full.len() - 7]).unwrap();
+        let mut log = PointLog::open(&dir, 1).unwrap();
+        assert_eq!(summary(&log), vec![(1, 5), (2, 9)]);
+        assert_eq!(fs::metadata(&path).unwrap().len() as usize, full.len() / 3 * 2);
+        assert_eq!(log.retain(|point| point.seq != 5).unwrap(), 1);
+        let log = PointLog::open(&dir, 7).unwrap();
+        assert_eq!(summary(&log), vec![(2, 9)]);
+        assert_eq!(log.next_id, 7, "ids never go back below the recorded floor");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,255 @@
+//! Recovery operations against a target: `points list`, and `failover test | materialize |
+//! jobs | cleanup`. Each sends one `Control` request and prints the reply as a table, or as
+//! JSON with `--json`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use wire::Frame;
+
+use crate::args::Args;
+
+/// How long `materialize --wait` waits for the copy.
+const MATERIALIZE_WAIT_MAX: Duration = Duration::from_secs(24 * 3600);
+
+pub(crate) fn points(rest: &[String]) -> Result<(), String> {
+    let Some((sub, rest)) = rest.split_first() else {
+        return Err("points: expected `points list --connect ADDR [--disk NAME] [--json]`".into());
+    };
+    if sub != "list" {
+        return Err(format!("points: unknown subcommand {sub:?} (expected list)"));
+    }
+    let args =
+        Args::parse("points list", rest, &[("connect", true), ("disk", true), ("json", false)])?;
+    let addr = connect(&args, "points list")?;
+    let reply = control(addr, json!({ "op": "points", "disk": args.value("disk") }))?;
+    if args.flag("json") {
+        println!("{reply}");
+        return Ok(());
+    }
+    print!("{}", render_points(&reply));
+    Ok(())
+}
+
+pub(crate) fn failover(rest: &[String]) -> Result<(), String> {
+    let Some((sub, rest)) = rest.split_first() else {
+        return Err("failover: expected one of test, materialize, jobs, cleanup".into());
+    };
+    match sub.as_str() {
+        "test" => {
+            const SPEC: &[(&str, bool)] = &[
+                ("connect", true),
+                ("disk", true),
+                ("point", true),
+                ("nbd-listen", true),
+                ("json", false),
+            ];
+            let args = Args::parse("failover test", rest, SPEC)?;
+            let addr = connect(&args, "failover test")?;
+            let request = json!({
+                "op": "test-failover",
+                "disk": required(&args, "disk", "failover test")?,
+                "point": args.value("point").unwrap_or("latest"),
+                "nbd_listen": required(&args, "nbd-listen", "failover test")?,
+            });
+            let job = control(addr, request)?;
+            print_job(&args, &job, "test failover ready")
+        }
+        "materialize" => {
+            const SPEC: &[(&str, bool)] = &[
+                ("connect", true),
+                ("disk", true),
+                ("point", true),
+                ("output", true),
+                ("format", true),
+                ("wait", false),
+                ("json", false),
+            ];
+            let args = Args::parse("failover materialize", rest, SPEC)?;
+            let addr = connect(&args, "failover materialize")?;
+            let output = required(&args, "output", "failover materialize")?;
+            let output = std::path::absolute(output)
+                .map_err(|error| format!("--output {output}: {error}"))?;
+            let request = json!({
+                "op": "materialize",
+                "disk": required(&args, "disk", "failover materialize")?,
+                "point": args.value("point").unwrap_or("latest"),
+                "output": output,
+                "format": args.value("format").unwrap_or("raw"),
+            });
+            let job = control(addr, request)?;
+            if !args.flag("wait") {
+                return print_job(&args, &job, "materialize started");
+            }
+            let id = job["id"].as_u64().ok_or("materialize: reply without a job id")?;
+            let done = wait_job(addr, id)?;
+            print_job(&args, &done, "materialized")
+        }
+        "jobs" => {
+            let args = Args::parse("failover jobs", rest, &[("connect", true), ("json", false)])?;
+            let addr = connect(&args, "failover jobs")?;
+            let reply = control(addr, json!({ "op": "jobs" }))?;
+            if args.flag("json") {
+                println!("{reply}");
+            } else {
+                print!("{}", render_jobs(&reply));
+            }
+            Ok(())
+        }
+        "cleanup" => {
+            const SPEC: &[(&str, bool)] = &[("connect", true), ("job", true), ("json", false)];
+            let args = Args::parse("failover cleanup", rest, SPEC)?;
+            let addr = connect(&args, "failover cleanup")?;
+            let id: u64 = args.parsed("job")?.ok_or("failover cleanup: --job ID is required")?;
+            let job = control(addr, json!({ "op": "cleanup", "job": id }))?;
+            print_job(&args, &job, "cleaned up")
+        }
+        other => Err(format!(
+            "failover: unknown subcommand {other:?} (expected test, materialize, jobs, cleanup)"
+        )),
+    }
+}
+
+fn connect(args: &Args, command: &str) -> Result<SocketAddr, String> {
+    args.parsed("connect")?
+        .ok_or_else(|| format!("{command}: --connect ADDR (the target) is required"))
+}
+
+fn required<'a>(args: &'a Args, name: &str, command: &str) -> Result<&'a str, String> {
+    args.value(name).ok_or_else(|| format!("{command}: --{name} is required"))
+}
+
+/// Sends a control request; the reply parsed as JSON.
+fn control(addr: SocketAddr, request: Value) -> Result<Value, String> {
+    let text = request.to_string();
+    let reply = crate::status::ask(addr, &Frame::Control { json: &text })?;
+    serde_json::from_str(&reply).map_err(|error| format!("bad reply from {addr}: {error}"))
+}
+
+fn wait_job(addr: SocketAddr, id: u64) -> Result<Value, String> {
+    let deadline = Instant::now() + MATERIALIZE_WAIT_MAX;
+    loop {
+        let jobs = control(addr, json!({ "op": "jobs" }))?;
+        let job = jobs["jobs"]
+            .as_array()
+            .and_then(|list| list.iter().find(|job| job["id"].as_u64() == Some(id)))
+            .cloned()
+            .ok_or_else(|| format!("job {id} vanished from the target (did it restart?)"))?;
+        match job["state"].as_str() {
+            Some("done") => return Ok(job),
+            Some("failed") => {
+                return Err(format!("job {id} failed: {}", job["error"].as_str().unwrap_or("?")))
+            }
+            _ if Instant::now() >= deadline => return Err(format!("job {id} is still running")),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn print_job(args: &Args, job: &Value, headline: &str) -> Result<(), String> {
+    if args.flag("json") {
+        println!("{job}");
+        return Ok(());
+    }
+    println!("{headline}: job {}", job["id"]);
+    println!(
+        "  disk {} at point {} ({}, {})",
+        text(&job["disk"]),
+        job["point"],
+        text(&job["point_kind"]),
+        time(&job["point_time_unix_ms"])
+    );
+    if let Some(export) = job["export"].as_str() {
+        println!("  export: {export}");
+    }
+    if let Some(output) = job["output"].as_str() {
+        println!("  output: {output}");
+    }
+    Ok(())
+}
+
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or("?")
+}
+
+/// Milliseconds since the epoch as UTC `YYYY-MM-DD HH:MM:SS.mmm`.
+fn time(value: &Value) -> String {
+    let Some(ms) = value.as_u64() else { return "?".into() };
+    let secs = ms / 1000;
+    let (days, day_secs) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
+        day_secs / 3600,
+        day_secs % 3600 / 60,
+        day_secs % 60,
+        ms % 1000
+    )
+}
+
+fn render_points(reply: &Value) -> String {
+    let mut out = String::new();
+    for disk in reply["disks"].as_array().into_iter().flatten() {
+        let points = disk["points"].as_array().map_or(&[][..], Vec::as_slice);
+        out += &format!(
+            "disk {}: {} recovery points, journal {} bytes\n",
+            text(&disk["name"]),
+            points.len(),
+            disk["journal_bytes"]
+        );
+        out += &format!("  {:>8}  {:<23}  {:<6}  {:>10}\n", "ID", "TIME (UTC)", "KIND", "SEQUENCE");
+        for point in points {
+            out += &format!(
+                "  {:>8}  {:<23}  {:<6}  {:>10}{}\n",
+                point["id"],
+                time(&point["time_unix_ms"]),
+                text(&point["kind"]),
+                point["seq"],
+                if point["latest"].as_bool() == Some(true) { "  latest" } else { "" }
+            );
+        }
+    }
+    out
+}
+
+fn render_jobs(reply: &Value) -> String {
+    let mut out = format!(
+        "{:>5}  {:<14}  {:<16}  {:>8}  {:<8}  {}\n",
+        "JOB", "KIND", "DISK", "POINT", "STATE", "WHERE"
+    );
+    for job in reply["jobs"].as_array().into_iter().flatten() {
+        let place = job["export"].as_str().or(job["output"].as_str()).unwrap_or("");
+        out += &format!(
+            "{:>5}  {:<14}  {:<16}  {:>8}  {:<8}  {}\n",
+            job["id"],
+            text(&job["kind"]),
+            text(&job["disk"]),
+            job["point"],
+            text(&job["state"]),
+            place
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_render_in_utc() {
+        assert_eq!(time(&json!(0)), "1970-01-01 00:00:00.000");
+        assert_eq!(time(&json!(1_795_910_400_123u64)), "2026-11-29 00:00:00.123");
+        assert_eq!(time(&json!(951_782_400_000u64)), "2000-02-29 00:00:00.000");
+    }
+}

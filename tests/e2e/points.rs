@@ -1,0 +1,297 @@
+//! Recovery points at the target, read back with real NBD clients: every retained point,
+//! exported by a test failover and copied out with `nbdcopy`, equals the source as it was when
+//! the point was taken; writes to the export never reach the replica; materialize writes the
+//! same bytes as raw and qcow2 (`qemu-img compare`); bad requests get exact errors.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::*;
+use crate::tap::{random_write_script, TapRig};
+
+/// Every point for an hour, one per second: nothing is thinned or pruned during a test.
+const KEEP_EVERY_POINT: &str = "[target]\npoint_interval_secs = 1\n\
+    [target.retention]\nkeep_all_secs = 3600\nbucket_secs = 3600\nwindow_secs = 7200\n";
+const POINT_TIMEOUT: Duration = Duration::from_secs(60);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+const DISK_BYTES: u64 = 16 * MIB;
+
+/// `siterelay ARGS --connect TARGET --json`, which must succeed; its JSON.
+fn operate(cluster: &Cluster, args: &[&str]) -> Value {
+    let finished = operate_raw(cluster, args);
+    assert!(finished.status.success(), "siterelay {args:?} failed\n{}", finished.describe());
+    serde_json::from_str(&finished.stdout).unwrap_or_else(|error| {
+        panic!("siterelay {args:?}: bad JSON ({error})\n{}", finished.describe())
+    })
+}
+
+fn operate_raw(cluster: &Cluster, args: &[&str]) -> Finished {
+    let target = cluster.target.addr().to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--connect", &target, "--json"]);
+    run_siterelay(&all, &cluster.dir.subdir("logs"), CLIENT_TIMEOUT)
+}
+
+fn disk_points(cluster: &Cluster) -> (Vec<Value>, u64) {
+    let reply = operate(cluster, &["points", "list", "--disk", "d0"]);
+    let disk = &reply["disks"][0];
+    let points = disk["points"].as_array().cloned().unwrap_or_default();
+    (points, disk["durable_seq"].as_u64().unwrap_or(0))
+}
+
+/// Waits for a newest point other than `previous` that ends the target's stream (nothing
+/// durable after it) and stays the newest for a moment: the writer's last flush (qemu-io
+/// flushes once more as it exits) has been replicated. Returns its id.
+fn wait_new_point(cluster: &Cluster, previous: Option<u64>) -> u64 {
+    let deadline = Instant::now() + POINT_TIMEOUT;
+    let mut candidate = None;
+    loop {
+        let (points, durable) = disk_points(cluster);
+        if let Some(newest) = points.last() {
+            let id = newest["id"].as_u64().expect("point id");
+            if Some(id) != previous && newest["seq"].as_u64() == Some(durable) {
+                if candidate == Some(id) {
+                    return id;
+                }
+                candidate = Some(id);
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+        }
+        assert!(Instant::now() < deadline, "no new point within {POINT_TIMEOUT:?}: {points:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Copies an NBD export to a new file with nbdcopy.
+fn nbdcopy_out(uri: &str, out: &Path, logs: &Path) {
+    let finished = run_tool("nbdcopy", &[uri.into(), out.into()], logs, CLIENT_TIMEOUT);
+    assert!(finished.status.success(), "nbdcopy {uri} failed\n{}", finished.describe());
+}
+
+fn start_test_failover(cluster: &Cluster, point: &str, socket: &Path) -> (u64, String) {
+    let socket = socket.to_str().expect("utf-8 path");
+    let args = ["failover", "test", "--disk", "d0", "--point", point, "--nbd-listen", socket];
+    let job = operate(cluster, &args);
+    assert_eq!(job["state"], "ready", "{job}");
+    (job["id"].as_u64().expect("job id"), job["export"].as_str().expect("export").to_string())
+}
+
+fn cleanup(cluster: &Cluster, job: u64) {
+    operate(cluster, &["failover", "cleanup", "--job", &job.to_string()]);
+}
+
+#[test]
+fn every_retained_point_reads_as_the_source_was_then() {
+    if !require_tools("every_retained_point", &["qemu-io", "nbdcopy", "qemu-img", "cmp"]) {
+        return;
+    }
+    let cluster = Cluster::start_with_target_config("points-correct", KEEP_EVERY_POINT);
+    let rig = TapRig::start_on(cluster, DISK_BYTES, None);
+    let cluster = &rig.cluster;
+    let snapshots = cluster.dir.subdir("snapshots");
+    let logs = cluster.dir.subdir("logs");
+
+    // The end of the initial sync is the first point; then one point per seeded burst, each
+    // more than the point interval after the previous so none of them is provisional.
+    let mut expected: Vec<(u64, PathBuf)> = Vec::new();
+    let mut newest = wait_new_point(cluster, None);
+    let snapshot = snapshots.join(format!("point-{newest}.img"));
+    fs::copy(&rig.source, &snapshot).expect("snapshot");
+    expected.push((newest, snapshot));
+    for round in 0..5u64 {
+        std::thread::sleep(Duration::from_millis(1100));
+        let script = random_write_script(0x9017_0000 + round, DISK_BYTES, 60, 0);
+        rig.qemu_io(&[], &script, &format!("burst-{round}"));
+        newest = wait_new_point(cluster, Some(newest));
+        let snapshot = snapshots.join(format!("point-{newest}.img"));
+        fs::copy(&rig.source, &snapshot).expect("snapshot");
+        expected.push((newest, snapshot));
+    }
+    let (points, _) = disk_points(cluster);
+    let retained: Vec<u64> = points.iter().filter_map(|point| point["id"].as_u64()).collect();
+    for (id, _) in &expected {
+        assert!(retained.contains(id), "point {id} not retained: {retained:?}");
+    }
+    // The snapshots differ from each other, so reading the wrong point cannot pass.
+    assert!(files_identical(&expected[0].1, &expected[5].1).is_err());
+
+    let replica_before = cluster.dir.join("replica-before.img");
+    fs::copy(cluster.replica("d0"), &replica_before).expect("copy replica");
+    for (id, snapshot) in &expected {
+        let socket = cluster.dir.join(&format!("export-{id}.sock"));
+        let (job, uri) = start_test_failover(cluster, &id.to_string(), &socket);
+        let copy = cluster.dir.join(&format!("read-{id}.img"));
+        nbdcopy_out(&uri, &copy, &logs);
+        if let Err(error) = files_identical(snapshot, &copy) {
+            panic!("point {id} read through the test failover export: {error}");
+        }
+        cleanup(cluster, job);
+        fs::remove_file(&copy).expect("remove copy");
+    }
+
+    // Writes to an export land in its overlay only.
+    let (oldest, oldest_snapshot) = &expected[0];
+    let socket = cluster.dir.join("export-write.sock");
+    let (job, uri) = start_test_failover(cluster, &oldest.to_string(), &socket);
+    crate::tap::qemu_io_script(
+        &uri,
+        &[],
+        "write -q -P 0xa5 65536 1048576\nflush\n",
+        &cluster.dir,
+        "export-write",
+    );
+    let written = cluster.dir.join("export-written.img");
+    nbdcopy_out(&uri, &written, &logs);
+    let bytes = fs::read(&written).expect("read copy");
+    assert!(bytes[65536..65536 + MIB as usize].iter().all(|&b| b == 0xa5), "write not visible");
+    let original = fs::read(oldest_snapshot).expect("read snapshot");
+    assert_eq!(bytes[..65536], original[..65536], "bytes before the write changed");
+    assert_eq!(bytes[65536 + MIB as usize..], original[65536 + MIB as usize..]);
+    let jobs_dir = cluster.dir.join("target-data").join("jobs");
+    assert!(jobs_dir.join(format!("job-{job}")).join("overlay.img").exists());
+    cleanup(cluster, job);
+    assert!(!jobs_dir.join(format!("job-{job}")).exists(), "cleanup left the job's files");
+    let jobs = operate(cluster, &["failover", "jobs"]);
+    assert_eq!(jobs["jobs"], serde_json::json!([]), "cleanup left the job listed");
+    assert_files_identical(&replica_before, &cluster.replica("d0"));
+    // The point itself is unchanged by the writes its export took.
+    let (job, uri) = start_test_failover(cluster, &oldest.to_string(), &socket);
+    let again = cluster.dir.join("export-again.img");
+    nbdcopy_out(&uri, &again, &logs);
+    assert_files_identical(oldest_snapshot, &again);
+    cleanup(cluster, job);
+
+    // Materialize: raw byte for byte, qcow2 by qemu-img compare.
+    let (middle, middle_snapshot) = &expected[2];
+    let raw = cluster.dir.join("point.raw");
+    let raw_arg = raw.to_str().expect("utf-8");
+    operate(
+        cluster,
+        &[
+            "failover",
+            "materialize",
+            "--disk",
+            "d0",
+            "--point",
+            &middle.to_string(),
+            "--output",
+            raw_arg,
+            "--wait",
+        ],
+    );
+    assert_files_identical(middle_snapshot, &raw);
+    let qcow2 = cluster.dir.join("point.qcow2");
+    let qcow2_arg = qcow2.to_str().expect("utf-8");
+    let args = [
+        "failover",
+        "materialize",
+        "--disk",
+        "d0",
+        "--point",
+        "latest",
+        "--output",
+        qcow2_arg,
+        "--format",
+        "qcow2",
+        "--wait",
+    ];
+    operate(cluster, &args);
+    let latest = &expected.last().expect("points").1;
+    let compare = run_tool(
+        "qemu-img",
+        &[
+            "compare".into(),
+            "-f".into(),
+            "raw".into(),
+            "-F".into(),
+            "qcow2".into(),
+            latest.into(),
+            qcow2.clone().into(),
+        ],
+        &logs,
+        CLIENT_TIMEOUT,
+    );
+    assert!(compare.status.success(), "qemu-img compare failed\n{}", compare.describe());
+}
+
+#[test]
+fn bad_point_and_disk_requests_are_refused_by_name() {
+    let cluster = Cluster::start_with_target_config("points-bad", KEEP_EVERY_POINT);
+    let source = cluster.dir.join("disk.img");
+    fs::write(&source, vec![7u8; 4 * MIB as usize]).expect("write source");
+    let agent = cluster.agent("a", &[("d0", &source)]);
+    cluster.sync_once(&agent, "sync for points");
+    let (points, _) = disk_points(&cluster);
+    let first = points.first().expect("the end of the sync is a point")["id"].as_u64().unwrap();
+    let last = points.last().expect("a point")["id"].as_u64().unwrap();
+    let socket = cluster.dir.join("bad.sock");
+    let socket = socket.to_str().expect("utf-8");
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["failover", "test", "--disk", "d0", "--point", "999999", "--nbd-listen", socket],
+            format!(
+                "siterelay: disk d0 has no point 999999 (its points are {first}..={last}; \
+                 `siterelay points list --disk d0` shows them)"
+            ),
+        ),
+        (
+            vec![
+                "failover",
+                "test",
+                "--disk",
+                "d0",
+                "--point",
+                "yesterday",
+                "--nbd-listen",
+                socket,
+            ],
+            "siterelay: point \"yesterday\" is neither a point id nor one of latest, latest-app, \
+             latest-group"
+                .into(),
+        ),
+        (
+            vec![
+                "failover",
+                "test",
+                "--disk",
+                "d0",
+                "--point",
+                "latest-app",
+                "--nbd-listen",
+                socket,
+            ],
+            format!(
+                "siterelay: disk d0 has no point latest-app (its points are {first}..={last}; \
+                 `siterelay points list --disk d0` shows them)"
+            ),
+        ),
+        (
+            vec!["points", "list", "--disk", "nope"],
+            "siterelay: this target has no disk \"nope\" (its disks: d0)".into(),
+        ),
+        (
+            vec!["failover", "cleanup", "--job", "42"],
+            "siterelay: there is no job 42 (`siterelay failover jobs` lists them)".into(),
+        ),
+        (
+            vec!["failover", "materialize", "--disk", "d0", "--output", "/tmp", "--format", "vhd"],
+            "siterelay: output format \"vhd\" is not one of raw, qcow2".into(),
+        ),
+        (
+            vec!["failover", "materialize", "--disk", "d0", "--output", "/tmp"],
+            "siterelay: output /tmp exists; refusing to overwrite it".into(),
+        ),
+    ];
+    for (args, message) in cases {
+        let finished = operate_raw(&cluster, &args);
+        assert!(!finished.status.success(), "{args:?} succeeded\n{}", finished.describe());
+        assert_eq!(finished.stderr.trim(), message, "{args:?}");
+    }
+    // A refused request leaves no job and no pin behind.
+    let jobs = operate(&cluster, &["failover", "jobs"]);
+    assert_eq!(jobs["jobs"], serde_json::json!([]));
+}
