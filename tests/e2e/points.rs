@@ -20,7 +20,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 const DISK_BYTES: u64 = 16 * MIB;
 
 /// `siterelay ARGS --connect TARGET --json`, which must succeed; its JSON.
-fn operate(cluster: &Cluster, args: &[&str]) -> Value {
+pub(crate) fn operate(cluster: &Cluster, args: &[&str]) -> Value {
     let finished = operate_raw(cluster, args);
     assert!(finished.status.success(), "siterelay {args:?} failed\n{}", finished.describe());
     serde_json::from_str(&finished.stdout).unwrap_or_else(|error| {
@@ -28,14 +28,14 @@ fn operate(cluster: &Cluster, args: &[&str]) -> Value {
     })
 }
 
-fn operate_raw(cluster: &Cluster, args: &[&str]) -> Finished {
+pub(crate) fn operate_raw(cluster: &Cluster, args: &[&str]) -> Finished {
     let target = cluster.target.addr().to_string();
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--connect", &target, "--json"]);
     run_siterelay(&all, &cluster.dir.subdir("logs"), CLIENT_TIMEOUT)
 }
 
-fn disk_points(cluster: &Cluster) -> (Vec<Value>, u64) {
+pub(crate) fn disk_points(cluster: &Cluster) -> (Vec<Value>, u64) {
     let reply = operate(cluster, &["points", "list", "--disk", "d0"]);
     let disk = &reply["disks"][0];
     let points = disk["points"].as_array().cloned().unwrap_or_default();
@@ -45,7 +45,7 @@ fn disk_points(cluster: &Cluster) -> (Vec<Value>, u64) {
 /// Waits for a newest point other than `previous` that ends the target's stream (nothing
 /// durable after it) and stays the newest for a moment: the writer's last flush (qemu-io
 /// flushes once more as it exits) has been replicated. Returns its id.
-fn wait_new_point(cluster: &Cluster, previous: Option<u64>) -> u64 {
+pub(crate) fn wait_new_point(cluster: &Cluster, previous: Option<u64>) -> u64 {
     let deadline = Instant::now() + POINT_TIMEOUT;
     let mut candidate = None;
     loop {
@@ -67,12 +67,12 @@ fn wait_new_point(cluster: &Cluster, previous: Option<u64>) -> u64 {
 }
 
 /// Copies an NBD export to a new file with nbdcopy.
-fn nbdcopy_out(uri: &str, out: &Path, logs: &Path) {
+pub(crate) fn nbdcopy_out(uri: &str, out: &Path, logs: &Path) {
     let finished = run_tool("nbdcopy", &[uri.into(), out.into()], logs, CLIENT_TIMEOUT);
     assert!(finished.status.success(), "nbdcopy {uri} failed\n{}", finished.describe());
 }
 
-fn start_test_failover(cluster: &Cluster, point: &str, socket: &Path) -> (u64, String) {
+pub(crate) fn start_test_failover(cluster: &Cluster, point: &str, socket: &Path) -> (u64, String) {
     let socket = socket.to_str().expect("utf-8 path");
     let args = ["failover", "test", "--disk", "d0", "--point", point, "--nbd-listen", socket];
     let job = operate(cluster, &args);
@@ -80,7 +80,7 @@ fn start_test_failover(cluster: &Cluster, point: &str, socket: &Path) -> (u64, S
     (job["id"].as_u64().expect("job id"), job["export"].as_str().expect("export").to_string())
 }
 
-fn cleanup(cluster: &Cluster, job: u64) {
+pub(crate) fn cleanup(cluster: &Cluster, job: u64) {
     operate(cluster, &["failover", "cleanup", "--job", &job.to_string()]);
 }
 
@@ -294,4 +294,132 @@ fn bad_point_and_disk_requests_are_refused_by_name() {
     // A refused request leaves no job and no pin behind.
     let jobs = operate(&cluster, &["failover", "jobs"]);
     assert_eq!(jobs["jobs"], serde_json::json!([]));
+}
+
+/// Waits until `uri` serves the failed-over disk again (after a target restart) and copies it.
+fn nbdcopy_when_served(uri: &str, out: &Path, logs: &Path) {
+    let deadline = Instant::now() + POINT_TIMEOUT;
+    loop {
+        let finished = run_tool("nbdcopy", &[uri.into(), out.into()], logs, CLIENT_TIMEOUT);
+        if finished.status.success() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{uri} not served again\n{}", finished.describe());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn refused(cluster: &Cluster, args: &[&str], message: &str) {
+    let finished = operate_raw(cluster, args);
+    assert!(!finished.status.success(), "{args:?} succeeded\n{}", finished.describe());
+    assert_eq!(finished.stderr.trim(), message, "{args:?}");
+}
+
+#[test]
+fn unplanned_failover_change_point_and_commit_survive_target_restarts() {
+    if !require_tools("unplanned_failover", &["qemu-io", "nbdcopy", "cmp"]) {
+        return;
+    }
+    let mut cluster = Cluster::start_with_target_config("failover-unplanned", KEEP_EVERY_POINT);
+    let logs = cluster.dir.subdir("logs");
+    let source = cluster.dir.join("disk.img");
+    let mut rng = Rng::new(0xfa11_0001);
+    let mut bytes = vec![0u8; 8 * MIB as usize];
+    rng.fill(&mut bytes[..2 * MIB as usize]);
+    fs::write(&source, &bytes).expect("write source");
+    let agent = cluster.agent("a", &[("d0", &source)]);
+    cluster.sync_once(&agent, "first copy");
+    let first = wait_new_point(&cluster, None);
+    let state_a = cluster.dir.join("state-a.img");
+    fs::copy(&source, &state_a).expect("snapshot a");
+    std::thread::sleep(Duration::from_millis(1100));
+    rng.fill(&mut bytes[3 * MIB as usize..4 * MIB as usize]);
+    fs::write(&source, &bytes).expect("rewrite source");
+    cluster.sync_once(&agent, "second copy");
+    let second = wait_new_point(&cluster, Some(first));
+    let state_b = cluster.dir.join("state-b.img");
+    fs::copy(&source, &state_b).expect("snapshot b");
+    assert!(files_identical(&state_a, &state_b).is_err());
+
+    let socket = cluster.dir.join("failover.sock");
+    let socket_arg = socket.to_str().expect("utf-8");
+    let record = operate(
+        &cluster,
+        &["failover", "unplanned", "--disk", "d0", "--point", "latest", "--nbd-listen", socket_arg],
+    );
+    assert_eq!(record["point"].as_u64(), Some(second), "{record}");
+    assert_eq!(record["phase"], "failed-over");
+    let uri = record["export"].as_str().expect("export").to_string();
+    let copy = cluster.dir.join("copy.img");
+    nbdcopy_out(&uri, &copy, &logs);
+    assert_files_identical(&state_b, &copy);
+    fs::remove_file(&copy).unwrap();
+    refused(
+        &cluster,
+        &["failover", "unplanned", "--disk", "d0", "--nbd-listen", socket_arg],
+        &format!(
+            "siterelay: disk d0 is already failed over to point {second} (failed-over); use \
+             `failover change-point` or `failover commit`"
+        ),
+    );
+
+    // Writes to the failed-over disk survive a kill -9 of the target.
+    crate::tap::qemu_io_script(
+        &uri,
+        &[],
+        "write -q -P 0x3c 0 65536\nflush\n",
+        &cluster.dir,
+        "fo-write",
+    );
+    cluster.target.kill();
+    cluster.target.restart_after(Duration::ZERO);
+    nbdcopy_when_served(&uri, &copy, &logs);
+    let mut expected_b = fs::read(&state_b).unwrap();
+    expected_b[..65536].fill(0x3c);
+    assert!(fs::read(&copy).unwrap() == expected_b, "the write did not survive the restart");
+    fs::remove_file(&copy).unwrap();
+    let status = cluster.status_json(cluster.target.addr());
+    assert_eq!(status["disks"][0]["failover"], "failed-over", "{status}");
+
+    // Change point: the earlier state, without the write.
+    let record = operate(
+        &cluster,
+        &["failover", "change-point", "--disk", "d0", "--point", &first.to_string()],
+    );
+    assert_eq!(record["point"].as_u64(), Some(first));
+    nbdcopy_out(&uri, &copy, &logs);
+    assert_files_identical(&state_a, &copy);
+    fs::remove_file(&copy).unwrap();
+
+    // Commit: point plus the writes since become the replica image itself.
+    crate::tap::qemu_io_script(
+        &uri,
+        &[],
+        "write -q -P 0x5a 1048576 4096\nflush\n",
+        &cluster.dir,
+        "fo-write2",
+    );
+    let record = operate(&cluster, &["failover", "commit", "--disk", "d0"]);
+    assert_eq!(record["phase"], "committed");
+    let mut expected_a = fs::read(&state_a).unwrap();
+    expected_a[MIB as usize..MIB as usize + 4096].fill(0x5a);
+    assert!(fs::read(cluster.replica("d0")).unwrap() == expected_a, "commit wrote the wrong image");
+    let (points, _) = disk_points(&cluster);
+    assert!(points.is_empty(), "commit left points: {points:?}");
+    cluster.target.kill();
+    cluster.target.restart_after(Duration::ZERO);
+    nbdcopy_when_served(&uri, &copy, &logs);
+    assert_files_identical(&cluster.replica("d0"), &copy);
+    refused(
+        &cluster,
+        &["failover", "change-point", "--disk", "d0", "--point", "latest"],
+        "siterelay: disk d0 is committed: its point can no longer be changed",
+    );
+    refused(
+        &cluster,
+        &["failover", "commit", "--disk", "d0"],
+        "siterelay: disk d0 is already committed",
+    );
+    let jobs = operate(&cluster, &["failover", "jobs"]);
+    assert_eq!(jobs["failovers"][0]["phase"], "committed", "{jobs}");
 }

@@ -34,6 +34,11 @@ usage:
   siterelay failover materialize --connect TARGET --disk NAME [--point P] --output FILE
                                  [--format raw|qcow2] [--wait] [--json]
       Copy a point out to a new raw or qcow2 file.
+  siterelay failover unplanned --connect TARGET --disk NAME [--point P] --nbd-listen ADDR|SOCKET
+      Fail a disk over: replication to it stops, the point is served read-write over NBD.
+  siterelay failover change-point --connect TARGET --disk NAME --point P
+  siterelay failover commit --connect TARGET --disk NAME
+      Before commit, serve another point instead; commit makes the point the disk.
   siterelay failover jobs --connect TARGET [--json]
   siterelay failover cleanup --connect TARGET --job ID
       List jobs; stop a test failover and discard its writes.

@@ -34,7 +34,9 @@ pub(crate) fn points(rest: &[String]) -> Result<(), String> {
 
 pub(crate) fn failover(rest: &[String]) -> Result<(), String> {
     let Some((sub, rest)) = rest.split_first() else {
-        return Err("failover: expected one of test, materialize, jobs, cleanup".into());
+        return Err("failover: expected one of test, materialize, unplanned, change-point, \
+                    commit, jobs, cleanup"
+            .into());
     };
     match sub.as_str() {
         "test" => {
@@ -86,6 +88,47 @@ pub(crate) fn failover(rest: &[String]) -> Result<(), String> {
             let done = wait_job(addr, id)?;
             print_job(&args, &done, "materialized")
         }
+        "unplanned" => {
+            const SPEC: &[(&str, bool)] = &[
+                ("connect", true),
+                ("disk", true),
+                ("point", true),
+                ("nbd-listen", true),
+                ("json", false),
+            ];
+            let args = Args::parse("failover unplanned", rest, SPEC)?;
+            let addr = connect(&args, "failover unplanned")?;
+            let request = json!({
+                "op": "failover",
+                "kind": "unplanned",
+                "disk": required(&args, "disk", "failover unplanned")?,
+                "point": args.value("point").unwrap_or("latest"),
+                "nbd_listen": required(&args, "nbd-listen", "failover unplanned")?,
+            });
+            let record = control(addr, request)?;
+            print_failover(&args, &record, "failed over")
+        }
+        "change-point" => {
+            const SPEC: &[(&str, bool)] =
+                &[("connect", true), ("disk", true), ("point", true), ("json", false)];
+            let args = Args::parse("failover change-point", rest, SPEC)?;
+            let addr = connect(&args, "failover change-point")?;
+            let request = json!({
+                "op": "change-point",
+                "disk": required(&args, "disk", "failover change-point")?,
+                "point": required(&args, "point", "failover change-point")?,
+            });
+            let record = control(addr, request)?;
+            print_failover(&args, &record, "point changed")
+        }
+        "commit" => {
+            const SPEC: &[(&str, bool)] = &[("connect", true), ("disk", true), ("json", false)];
+            let args = Args::parse("failover commit", rest, SPEC)?;
+            let addr = connect(&args, "failover commit")?;
+            let disk = required(&args, "disk", "failover commit")?;
+            let record = control(addr, json!({ "op": "commit", "disk": disk }))?;
+            print_failover(&args, &record, "committed")
+        }
         "jobs" => {
             let args = Args::parse("failover jobs", rest, &[("connect", true), ("json", false)])?;
             let addr = connect(&args, "failover jobs")?;
@@ -106,7 +149,8 @@ pub(crate) fn failover(rest: &[String]) -> Result<(), String> {
             print_job(&args, &job, "cleaned up")
         }
         other => Err(format!(
-            "failover: unknown subcommand {other:?} (expected test, materialize, jobs, cleanup)"
+            "failover: unknown subcommand {other:?} (expected test, materialize, unplanned, \
+             change-point, commit, jobs, cleanup)"
         )),
     }
 }
@@ -169,6 +213,25 @@ fn print_job(args: &Args, job: &Value, headline: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn print_failover(args: &Args, record: &Value, headline: &str) -> Result<(), String> {
+    if args.flag("json") {
+        println!("{record}");
+        return Ok(());
+    }
+    println!(
+        "{headline}: disk {} at point {} ({}, {}), {}",
+        text(&record["disk"]),
+        record["point"],
+        text(&record["point_kind"]),
+        time(&record["point_time_unix_ms"]),
+        text(&record["phase"])
+    );
+    if let Some(export) = record["export"].as_str() {
+        println!("  served at {export}");
+    }
+    Ok(())
+}
+
 fn text(value: &Value) -> &str {
     value.as_str().unwrap_or("?")
 }
@@ -223,7 +286,18 @@ fn render_points(reply: &Value) -> String {
 }
 
 fn render_jobs(reply: &Value) -> String {
-    let mut out = format!(
+    let mut out = String::new();
+    for failover in reply["failovers"].as_array().into_iter().flatten() {
+        out += &format!(
+            "disk {} failed over ({}) to point {}: {}, served at {}\n",
+            text(&failover["disk"]),
+            text(&failover["kind"]),
+            failover["point"],
+            text(&failover["phase"]),
+            text(&failover["export"])
+        );
+    }
+    out += &format!(
         "{:>5}  {:<14}  {:<16}  {:>8}  {:<8}  {}\n",
         "JOB", "KIND", "DISK", "POINT", "STATE", "WHERE"
     );

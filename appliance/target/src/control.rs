@@ -36,6 +36,26 @@ enum Request {
     Cleanup {
         job: u64,
     },
+    Failover {
+        disk: String,
+        kind: FailoverKind,
+        point: String,
+        nbd_listen: String,
+    },
+    ChangePoint {
+        disk: String,
+        point: String,
+    },
+    Commit {
+        disk: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum FailoverKind {
+    Unplanned,
+    Planned,
 }
 
 /// Answers one request: the reply JSON, or why it was refused.
@@ -51,12 +71,24 @@ pub(crate) fn handle(store: &Arc<Store>, json: &str) -> Result<String, String> {
             materialize(store, &disk, &point, output, format.as_deref().unwrap_or("raw"))?
         }
         Request::Jobs => {
-            let jobs = store.jobs.lock().expect("jobs lock");
-            let list: Vec<Value> =
-                jobs.jobs.values().map(|job| job.lock().expect("job lock").to_json()).collect();
-            json!({ "jobs": list })
+            let list: Vec<Value> = {
+                let jobs = store.jobs.lock().expect("jobs lock");
+                jobs.jobs.values().map(|job| job.lock().expect("job lock").to_json()).collect()
+            };
+            json!({ "jobs": list, "failovers": crate::recovery::list(store) })
         }
         Request::Cleanup { job } => cleanup(store, job)?,
+        Request::Failover { disk, kind, point, nbd_listen } => {
+            let kind = match kind {
+                FailoverKind::Unplanned => "unplanned",
+                FailoverKind::Planned => "planned",
+            };
+            crate::recovery::start(store, &disk, kind, &point, &nbd_listen)?
+        }
+        Request::ChangePoint { disk, point } => {
+            crate::recovery::change_point(store, &disk, &point)?
+        }
+        Request::Commit { disk } => crate::recovery::commit(store, &disk)?,
     };
     Ok(reply.to_string())
 }
@@ -104,7 +136,7 @@ fn points(store: &Store, only: Option<&str>) -> Result<Value, String> {
     Ok(json!({ "disks": list }))
 }
 
-fn unknown_disk<V>(disks: &std::collections::HashMap<String, V>, name: &str) -> String {
+pub(crate) fn unknown_disk<V>(disks: &std::collections::HashMap<String, V>, name: &str) -> String {
     let mut names: Vec<&str> = disks.keys().map(String::as_str).collect();
     names.sort();
     if names.is_empty() {
@@ -115,7 +147,11 @@ fn unknown_disk<V>(disks: &std::collections::HashMap<String, V>, name: &str) -> 
 }
 
 /// `latest`, `latest-app`, `latest-group` or a point id.
-fn resolve_point(points: &[StoredPoint], disk: &str, wanted: &str) -> Result<StoredPoint, String> {
+pub(crate) fn resolve_point(
+    points: &[StoredPoint],
+    disk: &str,
+    wanted: &str,
+) -> Result<StoredPoint, String> {
     let newest_of = |kind: Option<Kind>| {
         points.iter().rev().find(|point| kind.is_none_or(|kind| point.kind == kind)).copied()
     };

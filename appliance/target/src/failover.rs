@@ -134,10 +134,16 @@ pub(crate) struct CowPoint {
     view: PointView,
     overlay: Option<File>,
     written: Mutex<ExtentMap<()>>,
+    /// For a failover (not a test): every written range, appended, so the overlay's map
+    /// survives a target restart. Synced with the overlay on FLUSH.
+    map_log: Option<Mutex<File>>,
 }
 
+/// Bytes of one overlay map record: offset and length, little endian.
+const MAP_RECORD_BYTES: usize = 16;
+
 impl CowPoint {
-    /// A writable export with its overlay at `overlay_path`, or a read-only one without.
+    /// A writable export with a new overlay at `overlay_path`, or a read-only one without.
     pub(crate) fn new(
         name: String,
         view: PointView,
@@ -151,7 +157,34 @@ impl CowPoint {
             }
             None => None,
         };
-        Ok(CowPoint { name, view, overlay, written: Mutex::new(ExtentMap::new()) })
+        Ok(CowPoint { name, view, overlay, written: Mutex::new(ExtentMap::new()), map_log: None })
+    }
+
+    /// A writable export whose overlay and map persist in `dir` (created or reopened): what a
+    /// failed-over disk is served from until it is committed.
+    pub(crate) fn persistent(name: String, view: PointView, dir: &Path) -> io::Result<CowPoint> {
+        fs::create_dir_all(dir)?;
+        let overlay = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("overlay.img"))?;
+        overlay.set_len(view.size_bytes)?;
+        let map_path = dir.join("overlay.map");
+        let mut written = ExtentMap::new();
+        for (offset, len) in read_map(&map_path)? {
+            written.insert(offset, len, ());
+        }
+        let map_log = OpenOptions::new().create(true).append(true).open(&map_path)?;
+        fsio::fsync_dir(dir)?;
+        Ok(CowPoint {
+            name,
+            view,
+            overlay: Some(overlay),
+            written: Mutex::new(written),
+            map_log: Some(Mutex::new(map_log)),
+        })
     }
 
     fn overlay(&self) -> io::Result<&File> {
@@ -159,6 +192,36 @@ impl CowPoint {
             .as_ref()
             .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "read-only export"))
     }
+
+    fn record_written(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut written = self.written.lock().expect("overlay map lock");
+        if let Some(log) = &self.map_log {
+            let mut record = [0u8; MAP_RECORD_BYTES];
+            record[..8].copy_from_slice(&offset.to_le_bytes());
+            record[8..].copy_from_slice(&len.to_le_bytes());
+            std::io::Write::write_all(&mut *log.lock().expect("map log lock"), &record)?;
+        }
+        written.insert(offset, len, ());
+        Ok(())
+    }
+}
+
+/// The ranges an overlay map log records; a torn final record (a crash mid-append, never
+/// acknowledged as flushed) is ignored.
+pub(crate) fn read_map(path: &Path) -> io::Result<Vec<(u64, u64)>> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    Ok(bytes
+        .chunks_exact(MAP_RECORD_BYTES)
+        .map(|record| {
+            let offset = u64::from_le_bytes(record[..8].try_into().expect("8 bytes"));
+            let len = u64::from_le_bytes(record[8..].try_into().expect("8 bytes"));
+            (offset, len)
+        })
+        .collect())
 }
 
 impl nbdserve::Backend for CowPoint {
@@ -198,21 +261,22 @@ impl nbdserve::Backend for CowPoint {
 
     fn write(&self, _export: usize, offset: u64, data: Vec<u8>) -> io::Result<()> {
         self.overlay()?.write_all_at(&data, offset)?;
-        self.written.lock().expect("overlay map lock").insert(offset, data.len() as u64, ());
-        Ok(())
+        self.record_written(offset, data.len() as u64)
     }
 
     fn zero(&self, _export: usize, offset: u64, len: u64) -> io::Result<()> {
         fsio::zero_range(self.overlay()?, offset, len)?;
-        self.written.lock().expect("overlay map lock").insert(offset, len, ());
-        Ok(())
+        self.record_written(offset, len)
     }
 
     fn flush(&self, _export: usize) -> io::Result<()> {
-        match &self.overlay {
-            Some(overlay) => overlay.sync_data(),
-            None => Ok(()),
+        if let Some(overlay) = &self.overlay {
+            overlay.sync_data()?;
         }
+        if let Some(log) = &self.map_log {
+            log.lock().expect("map log lock").sync_data()?;
+        }
+        Ok(())
     }
 
     fn sync_data(&self, export: usize) -> io::Result<()> {
@@ -244,9 +308,61 @@ impl nbdserve::Backend for CowPoint {
     }
 }
 
-/// Starts serving `point` read-write at `listen`; the export's name is the disk's.
-pub(crate) fn start_export(
-    backend: CowPoint,
+/// A committed failed-over disk: the image itself, read-write.
+#[derive(Debug)]
+pub(crate) struct PlainImage {
+    pub(crate) name: String,
+    pub(crate) file: File,
+    pub(crate) size_bytes: u64,
+}
+
+impl nbdserve::Backend for PlainImage {
+    fn export_count(&self) -> usize {
+        1
+    }
+
+    fn export_name(&self, _export: usize) -> &str {
+        &self.name
+    }
+
+    fn export_size(&self, _export: usize) -> u64 {
+        self.size_bytes
+    }
+
+    fn read(&self, _export: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        fsio::read_at_padded(&self.file, buf, offset).map(|_| ())
+    }
+
+    fn write(&self, _export: usize, offset: u64, data: Vec<u8>) -> io::Result<()> {
+        self.file.write_all_at(&data, offset)
+    }
+
+    fn zero(&self, _export: usize, offset: u64, len: u64) -> io::Result<()> {
+        fsio::zero_range(&self.file, offset, len)
+    }
+
+    fn flush(&self, _export: usize) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn sync_data(&self, _export: usize) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn data_ranges(
+        &self,
+        _export: usize,
+        offset: u64,
+        len: u64,
+        ranges_max: usize,
+    ) -> io::Result<Vec<(u64, u64)>> {
+        fsio::data_ranges(&self.file, offset, len, ranges_max)
+    }
+}
+
+/// Starts serving an export at `listen`.
+pub(crate) fn start_export<B: nbdserve::Backend + 'static>(
+    backend: B,
     listen: &nbdserve::ListenAddr,
 ) -> io::Result<nbdserve::Running> {
     let server = nbdserve::Server::bind(listen, Arc::new(backend), EXPORT_CONNECTIONS_MAX)?;

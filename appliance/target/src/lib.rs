@@ -9,6 +9,7 @@ mod error;
 mod failover;
 mod index;
 mod pointlog;
+mod recovery;
 mod replica;
 mod session;
 
@@ -45,6 +46,8 @@ pub(crate) struct Store {
     /// them, and never recreated over (that would destroy the replica).
     broken: HashMap<String, String>,
     jobs: Mutex<failover::Jobs>,
+    /// Failed-over disks being served, by disk name.
+    exports: Mutex<HashMap<String, nbdserve::Running>>,
 }
 
 impl Store {
@@ -92,6 +95,7 @@ impl Store {
             disks: Mutex::new(disks),
             broken,
             jobs: Mutex::new(failover::Jobs::default()),
+            exports: Mutex::new(HashMap::new()),
         })
     }
 
@@ -109,6 +113,13 @@ impl Store {
         let mut disks = self.disks.lock().expect("store lock");
         if let Some(existing) = disks.get(info.name) {
             let mut replica = existing.lock().expect("replica lock");
+            if let Some(record) = &replica.failover {
+                return Err(TargetError::FailedOver {
+                    disk: info.name.to_string(),
+                    point: record.point,
+                    phase: record.phase.as_str(),
+                });
+            }
             if replica.generation != info.generation && info.take_over {
                 replica.take_over(info.generation)?;
             }
@@ -150,6 +161,7 @@ impl Store {
                     "applied_seq": replica.base_seq,
                     "journal_bytes": replica.journal_bytes(),
                     "points": replica.points.points.len(),
+                    "failover": replica.failover.as_ref().map(|record| record.phase.as_str()),
                     "bytes_applied": replica.bytes_applied,
                     "replica_path": replica.image_path,
                     "consistent_seq": replica.consistent.map(|point| point.seq),
@@ -205,6 +217,7 @@ pub struct Target {
 impl Target {
     pub fn bind(options: &TargetOptions) -> Result<Target, TargetError> {
         let store = Arc::new(Store::open(&options.data_dir, options.retention)?);
+        recovery::resume_all(&store);
         let listener = fsio::bind_listener(options.listen)
             .map_err(|source| TargetError::Listen { addr: options.listen, source })?;
         Ok(Target { listener, store, group_commit_bytes_max: options.group_commit_bytes_max })

@@ -61,6 +61,43 @@ pub(crate) struct ConsistentPoint {
     pub(crate) time_unix_ms: u64,
 }
 
+/// A disk failed over at the recovery site (`disks/NAME/failover.json`): replication to it
+/// has stopped, and the chosen point is served read-write until commit makes it the disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct FailoverRecord {
+    /// `unplanned` or `planned`.
+    pub(crate) kind: String,
+    pub(crate) point: u64,
+    pub(crate) point_seq: u64,
+    pub(crate) point_time_unix_ms: u64,
+    pub(crate) point_kind: String,
+    /// Where the failed-over disk is served (NBD).
+    pub(crate) nbd_listen: String,
+    pub(crate) phase: FailoverPhase,
+    pub(crate) log: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum FailoverPhase {
+    /// Served from the point plus an overlay; the point may still be changed.
+    FailedOver,
+    /// Commit started: the point and the overlay are being written into the base.
+    Committing,
+    /// The base image is the disk; its history is gone.
+    Committed,
+}
+
+impl FailoverPhase {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            FailoverPhase::FailedOver => "failed-over",
+            FailoverPhase::Committing => "committing",
+            FailoverPhase::Committed => "committed",
+        }
+    }
+}
+
 /// What a target keeps of each disk's history.
 #[derive(Debug, Clone, Copy)]
 pub struct RetentionOptions {
@@ -103,6 +140,7 @@ pub(crate) struct Replica {
     pins: std::collections::BTreeMap<u64, usize>,
     retention: RetentionOptions,
     scratch: Vec<u8>,
+    pub(crate) failover: Option<FailoverRecord>,
 }
 
 pub(crate) fn image_path(data_dir: &Path, name: &str) -> PathBuf {
@@ -179,6 +217,7 @@ impl Replica {
         replica.rebuild_index()?;
         replica.staged_seq = replica.durable_seq;
         replica.write_meta()?;
+        replica.load_failover()?;
         Ok(Some(replica))
     }
 
@@ -263,6 +302,7 @@ impl Replica {
             pins: Default::default(),
             retention,
             scratch: Vec::new(),
+            failover: None,
         };
         replica.open_segment(journal_index)?;
         Ok(replica)
@@ -784,6 +824,106 @@ impl Replica {
                 .read_head(&self.base, &mut block[..len], start)
                 .map_err(io_error("read", &self.image_path))?;
             out.extend_from_slice(&wire::block_checksum(&block[..len]));
+        }
+        Ok(())
+    }
+}
+
+impl Replica {
+    fn failover_path(&self) -> PathBuf {
+        self.disk_dir.join("failover.json")
+    }
+
+    /// Where a failed-over disk keeps its overlay (writes since failover) until commit.
+    pub(crate) fn failover_dir(&self) -> PathBuf {
+        self.disk_dir.join("failover")
+    }
+
+    fn load_failover(&mut self) -> Result<(), TargetError> {
+        let path = self.failover_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(io_error("read", &path)(error)),
+        };
+        let record: FailoverRecord = serde_json::from_str(&text)
+            .map_err(|error| TargetError::Metadata { path, reason: error.to_string() })?;
+        if record.phase == FailoverPhase::FailedOver {
+            self.pin(record.point);
+        }
+        self.failover = Some(record);
+        Ok(())
+    }
+
+    pub(crate) fn save_failover(&self) -> Result<(), TargetError> {
+        let path = self.failover_path();
+        match &self.failover {
+            Some(record) => {
+                let text = serde_json::to_string_pretty(record).expect("record serializes");
+                fsio::write_atomic(&path, text.as_bytes()).map_err(io_error("write", &path))
+            }
+            None => match fs::remove_file(&path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    Err(io_error("remove", &path)(error))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Makes the failed-over point, with the writes its overlay took, the disk itself: the
+    /// journal up to the point and then the overlay go into the base; the rest of the history
+    /// (later journal, every point) is dropped. Idempotent: a crash midway redoes it on start.
+    pub(crate) fn commit_failover(&mut self) -> Result<(), TargetError> {
+        let Some(mut record) = self.failover.clone() else {
+            unreachable!("the caller checked that the disk is failed over")
+        };
+        record.phase = FailoverPhase::Committing;
+        self.failover = Some(record.clone());
+        self.save_failover()?;
+        if record.point_seq > self.base_seq {
+            self.apply_through(record.point_seq, u64::MAX)?;
+        }
+        let dir = self.failover_dir();
+        let overlay_path = dir.join("overlay.img");
+        if overlay_path.exists() {
+            let overlay = File::open(&overlay_path).map_err(io_error("open", &overlay_path))?;
+            let map = crate::failover::read_map(&dir.join("overlay.map"))
+                .map_err(io_error("read", &dir))?;
+            let mut buf = Vec::new();
+            for (offset, len) in map {
+                let len = len.min(self.size_bytes.saturating_sub(offset));
+                buf.resize(len as usize, 0);
+                fsio::read_at_padded(&overlay, &mut buf, offset)
+                    .map_err(io_error("read", &overlay_path))?;
+                self.base
+                    .write_all_at(&buf, offset)
+                    .map_err(io_error("write", &self.image_path))?;
+            }
+        }
+        self.base.sync_data().map_err(io_error("fsync", &self.image_path))?;
+        // The history after the point is given up: journal, points, pins.
+        self.points.retain(|_| false)?;
+        self.pins.clear();
+        let journal_dir = self.journal_dir();
+        for id in list_segments(&journal_dir)? {
+            let path = journal_dir.join(journal::segment_file_name(id));
+            fs::remove_file(&path).map_err(io_error("remove", &path))?;
+        }
+        self.index = JournalIndex::default();
+        self.base_seq = record.point_seq;
+        self.durable_seq = record.point_seq;
+        self.staged_seq = record.point_seq;
+        self.consistent = None;
+        self.open_segment(self.journal_index + 1)?;
+        fsio::fsync_dir(&journal_dir).map_err(io_error("fsync", &journal_dir))?;
+        self.write_meta()?;
+        record.phase = FailoverPhase::Committed;
+        record.log.push(format!("committed point {}: the replica image is the disk", record.point));
+        self.failover = Some(record);
+        self.save_failover()?;
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_error("remove", &dir))?;
         }
         Ok(())
     }

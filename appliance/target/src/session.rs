@@ -214,7 +214,11 @@ impl Session<'_> {
                     replicated_seq: durable,
                 }]))
             }
-            Err(error @ (TargetError::GenerationMismatch { .. } | TargetError::Broken { .. })) => {
+            Err(
+                error @ (TargetError::GenerationMismatch { .. }
+                | TargetError::Broken { .. }
+                | TargetError::FailedOver { .. }),
+            ) => {
                 // Other disks on this link keep replicating; this one's frames stay in the
                 // relay's cache until an operator resolves the mismatch.
                 log::error!("{error}");
@@ -246,6 +250,19 @@ impl Session<'_> {
             ));
         };
         let mut replica = replica.lock().expect("replica lock");
+        if let Some(record) = &replica.failover {
+            // Failed over while this link was attached: nothing more is taken (or acked).
+            let error = TargetError::FailedOver {
+                disk: replica.name.clone(),
+                point: record.point,
+                phase: record.phase.as_str(),
+            };
+            drop(replica);
+            log::warn!("{error}");
+            self.refused.insert(disk_id);
+            let message = error.to_string();
+            return self.push(&Frame::Error { code: error_code::GENERATION, message: &message });
+        }
         let expected = replica.staged_seq + 1;
         if seq < expected {
             // A retransmission after a reconnect. If an earlier session staged it but died
