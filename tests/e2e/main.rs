@@ -13,6 +13,7 @@ mod badinput;
 mod concurrent;
 mod config;
 mod crash;
+mod failback;
 mod generation;
 mod harness;
 mod nbd_badinput;

@@ -13,7 +13,7 @@ use crate::harness::*;
 use crate::tap::{random_write_script, TapRig};
 
 /// Every point for an hour, one per second: nothing is thinned or pruned during a test.
-const KEEP_EVERY_POINT: &str = "[target]\npoint_interval_secs = 1\n\
+pub(crate) const KEEP_EVERY_POINT: &str = "[target]\npoint_interval_secs = 1\n\
     [target.retention]\nkeep_all_secs = 3600\nbucket_secs = 3600\nwindow_secs = 7200\n";
 const POINT_TIMEOUT: Duration = Duration::from_secs(60);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);

@@ -277,7 +277,7 @@ impl Replicator<'_> {
                     Some(later) => sleep = sleep.min(later),
                     None => worked |= self.drain_dirty(disk, &mut payload)?,
                 }
-                worked |= self.mark_if_quiet(disk)?;
+                worked |= self.mark_if_quiet(disk, QUIET_MARKER_AFTER)?;
                 self.report(disk)?;
                 self.prune_inflight(disk);
             }
@@ -431,9 +431,9 @@ impl Replicator<'_> {
     /// Sends a marker once writes have been sent without one and the disk has been quiet for
     /// a moment: a workload that never flushes still gets recovery points, and the end of a
     /// resync or bitmap drain becomes one.
-    fn mark_if_quiet(&mut self, disk: usize) -> Result<bool, AgentError> {
+    fn mark_if_quiet(&mut self, disk: usize, quiet_for: Duration) -> Result<bool, AgentError> {
         let Some(since) = self.progress[disk].unmarked_since else { return Ok(false) };
-        if since.elapsed() < QUIET_MARKER_AFTER || self.progress[disk].pending_sync.is_some() {
+        if since.elapsed() < quiet_for || self.progress[disk].pending_sync.is_some() {
             return Ok(false);
         }
         let quiet = {
@@ -536,7 +536,12 @@ impl Replicator<'_> {
             {
                 let mut worked = false;
                 for disk in 0..self.progress.len() {
-                    match self.send_captured(disk, &mut items) {
+                    // The tap is closed: once everything is out, a last marker makes the final
+                    // state a recovery point (what a planned failover fails over to).
+                    match self
+                        .send_captured(disk, &mut items)
+                        .and_then(|sent| Ok(sent | self.mark_if_quiet(disk, Duration::ZERO)?))
+                    {
                         Ok(sent) => worked |= sent,
                         Err(_) => break 'drain,
                     }

@@ -27,7 +27,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 /// How much of each output stream (stdout, stderr) is kept: the tail, at most this many bytes.
-pub(crate) const OUTPUT_TAIL_BYTES: usize = 4096;
+pub const OUTPUT_TAIL_BYTES: usize = 4096;
 
 /// After the hook's shell exits, how long to wait for the output readers to reach the end of
 /// the pipes. They normally finish at once; they only wait longer when a background process the
@@ -41,14 +41,14 @@ const KILL_GRACE: Duration = Duration::from_secs(1);
 
 /// A configured hook command, run as `/bin/sh -c COMMAND`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Hook {
-    pub(crate) command: String,
-    pub(crate) timeout: Duration,
+pub struct Hook {
+    pub command: String,
+    pub timeout: Duration,
 }
 
 /// How one run of a hook ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum HookOutcome {
+pub enum HookOutcome {
     /// Exited with status 0.
     Ok,
     /// Exited non-zero or was killed by a signal (not by us).
@@ -60,13 +60,13 @@ pub(crate) enum HookOutcome {
 }
 
 impl HookOutcome {
-    pub(crate) fn is_ok(&self) -> bool {
+    pub fn is_ok(&self) -> bool {
         matches!(self, HookOutcome::Ok)
     }
 
     /// A message naming the hook and its command, e.g.
     /// `freeze hook "fsfreeze -f /mnt" timed out after 5 s and was killed`.
-    pub(crate) fn describe<'a>(&'a self, label: &'a str, hook: &'a Hook) -> DescribedOutcome<'a> {
+    pub fn describe<'a>(&'a self, label: &'a str, hook: &'a Hook) -> DescribedOutcome<'a> {
         DescribedOutcome { label, command: &hook.command, outcome: self }
     }
 }
@@ -92,7 +92,7 @@ impl fmt::Display for HookOutcome {
 
 /// [`HookOutcome`] displayed with the hook's label and command.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct DescribedOutcome<'a> {
+pub struct DescribedOutcome<'a> {
     label: &'a str,
     command: &'a str,
     outcome: &'a HookOutcome,
@@ -110,7 +110,7 @@ impl fmt::Display for DescribedOutcome<'_> {
 /// Returns shortly after the shell exits even if a background process it started keeps the
 /// output pipes open. After a timeout it returns within [`KILL_GRACE`] of the kill even if the
 /// process does not die (a kernel-side hang); it is then reaped in the background.
-pub(crate) fn run_hook(label: &str, hook: &Hook) -> HookOutcome {
+pub fn run_hook(label: &str, hook: &Hook) -> HookOutcome {
     if hook.command.trim().is_empty() {
         return HookOutcome::SpawnFailed("the command is empty; nothing to run".to_string());
     }
@@ -231,7 +231,7 @@ pub(crate) fn run_hook(label: &str, hook: &Hook) -> HookOutcome {
 
 /// Whether a recovery point is application-consistent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Consistency {
+pub enum Consistency {
     /// The freeze hook succeeded and the marker was inserted while frozen.
     App,
     /// The freeze hook failed or timed out; the marker is only crash-consistent.
@@ -240,16 +240,16 @@ pub(crate) enum Consistency {
 
 /// What [`app_consistent`] did.
 #[derive(Debug)]
-pub(crate) struct AppConsistentResult<R> {
+pub struct AppConsistentResult<R> {
     /// What `insert_marker` returned.
-    pub(crate) marker: R,
-    pub(crate) consistency: Consistency,
+    pub marker: R,
+    pub consistency: Consistency,
     /// Set when the point is only crash-consistent: why (names the freeze command).
-    pub(crate) warning: Option<String>,
-    pub(crate) freeze: HookOutcome,
-    pub(crate) thaw: HookOutcome,
+    pub warning: Option<String>,
+    pub freeze: HookOutcome,
+    pub thaw: HookOutcome,
     /// From the freeze hook's return to the thaw hook's start.
-    pub(crate) freeze_window: Duration,
+    pub freeze_window: Duration,
 }
 
 /// Runs `freeze`, calls `insert_marker`, then runs `thaw`; thaw always runs once freeze was
@@ -261,7 +261,7 @@ pub(crate) struct AppConsistentResult<R> {
 /// runs before the panic continues (with `panic = "abort"` nothing runs after a panic).
 /// A thaw failure is logged as an error and returned; it does not change the point's
 /// consistency.
-pub(crate) fn app_consistent<F: FnOnce() -> R, R>(
+pub fn app_consistent<F: FnOnce() -> R, R>(
     freeze: &Hook,
     thaw: &Hook,
     insert_marker: F,

@@ -7,8 +7,7 @@ mod capture;
 mod continuous;
 mod dirtymap;
 mod error;
-#[allow(dead_code)] // not wired yet: the app-consistent marker path will call it
-mod hooks;
+pub mod hooks;
 mod lag;
 mod link;
 mod listener;

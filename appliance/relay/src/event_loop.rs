@@ -514,6 +514,9 @@ impl Relay {
             }
             None => {
                 let disk = self.disks.insert(info.name, info.generation, info.size_bytes, 0);
+                // An agent taking a replica over that this relay never saw (a reprotect into
+                // an adopted image): the target must hear it, or it refuses the generation.
+                self.disks.list[disk].take_over = info.take_over;
                 // A generation that never sent a frame starts at 0; any other may have a
                 // history at the target that this relay lost with its cache.
                 if !info.fresh {

@@ -36,9 +36,17 @@ usage:
       Copy a point out to a new raw or qcow2 file.
   siterelay failover unplanned --connect TARGET --disk NAME [--point P] --nbd-listen ADDR|SOCKET
       Fail a disk over: replication to it stops, the point is served read-write over NBD.
+  siterelay failover planned --connect TARGET --relay RELAY --disk NAME --nbd-listen ADDR|SOCKET
+                             [--drain-timeout SECS]
+      After the workload and then its agent were stopped: wait until the relay delivered
+      everything, fail over to the final point (zero data loss) or refuse saying why.
   siterelay failover change-point --connect TARGET --disk NAME --point P
   siterelay failover commit --connect TARGET --disk NAME
       Before commit, serve another point instead; commit makes the point the disk.
+  siterelay failover release --connect TARGET --disk NAME
+      Stop serving a committed disk so an agent can protect it back (reprotect).
+  siterelay target adopt --data-dir DIR --disk NAME --image PATH
+      Make an existing image (the original source) the replica of NAME, for a failback.
   siterelay failover jobs --connect TARGET [--json]
   siterelay failover cleanup --connect TARGET --job ID
       List jobs; stop a test failover and discard its writes.

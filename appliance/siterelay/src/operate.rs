@@ -108,6 +108,35 @@ pub(crate) fn failover(rest: &[String]) -> Result<(), String> {
             let record = control(addr, request)?;
             print_failover(&args, &record, "failed over")
         }
+        "planned" => {
+            const SPEC: &[(&str, bool)] = &[
+                ("connect", true),
+                ("relay", true),
+                ("disk", true),
+                ("nbd-listen", true),
+                ("drain-timeout", true),
+                ("json", false),
+            ];
+            let args = Args::parse("failover planned", rest, SPEC)?;
+            let addr = connect(&args, "failover planned")?;
+            let relay: SocketAddr = args
+                .parsed("relay")?
+                .ok_or("failover planned: --relay ADDR (the relay the disk replicates through) is required")?;
+            let disk = required(&args, "disk", "failover planned")?;
+            let drain_timeout =
+                Duration::from_secs(args.parsed("drain-timeout")?.unwrap_or(PLANNED_DRAIN_SECS));
+            let forwarded = drained(relay, disk, drain_timeout)?;
+            let request = json!({
+                "op": "failover",
+                "kind": "planned",
+                "disk": disk,
+                "point": "latest",
+                "nbd_listen": required(&args, "nbd-listen", "failover planned")?,
+                "expect_seq": forwarded,
+            });
+            let record = control(addr, request)?;
+            print_failover(&args, &record, "failed over (planned, no data lost)")
+        }
         "change-point" => {
             const SPEC: &[(&str, bool)] =
                 &[("connect", true), ("disk", true), ("point", true), ("json", false)];
@@ -128,6 +157,22 @@ pub(crate) fn failover(rest: &[String]) -> Result<(), String> {
             let disk = required(&args, "disk", "failover commit")?;
             let record = control(addr, json!({ "op": "commit", "disk": disk }))?;
             print_failover(&args, &record, "committed")
+        }
+        "release" => {
+            const SPEC: &[(&str, bool)] = &[("connect", true), ("disk", true), ("json", false)];
+            let args = Args::parse("failover release", rest, SPEC)?;
+            let addr = connect(&args, "failover release")?;
+            let disk = required(&args, "disk", "failover release")?;
+            let record = control(addr, json!({ "op": "release", "disk": disk }))?;
+            if !args.flag("json") {
+                println!(
+                    "released disk {disk}: no longer served; protect {} with an agent (reprotect)",
+                    text(&record["image"])
+                );
+                return Ok(());
+            }
+            println!("{record}");
+            Ok(())
         }
         "jobs" => {
             let args = Args::parse("failover jobs", rest, &[("connect", true), ("json", false)])?;
@@ -150,8 +195,45 @@ pub(crate) fn failover(rest: &[String]) -> Result<(), String> {
         }
         other => Err(format!(
             "failover: unknown subcommand {other:?} (expected test, materialize, unplanned, \
-             change-point, commit, jobs, cleanup)"
+             planned, change-point, commit, release, jobs, cleanup)"
         )),
+    }
+}
+
+/// How long a planned failover waits by default for the relay to deliver a disk's backlog.
+const PLANNED_DRAIN_SECS: u64 = 600;
+
+/// Waits until the relay has delivered everything of `disk` to the target, with its agent
+/// stopped; returns the last sequence forwarded.
+fn drained(relay: SocketAddr, disk: &str, timeout: Duration) -> Result<u64, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status: Value = serde_json::from_str(&crate::status::fetch(relay)?)
+            .map_err(|error| format!("bad status from {relay}: {error}"))?;
+        let entry = status["disks"]
+            .as_array()
+            .and_then(|disks| disks.iter().find(|entry| entry["name"] == disk))
+            .cloned()
+            .ok_or_else(|| format!("the relay at {relay} does not know disk {disk}"))?;
+        if entry["agent_connected"].as_bool() == Some(true) {
+            return Err(format!(
+                "the agent of disk {disk} is still running: stop the workload, then stop the \
+                 agent cleanly (SIGTERM) so it sends its last writes and a final point"
+            ));
+        }
+        let backlog = entry["backlog_frames"].as_u64().unwrap_or(u64::MAX);
+        if backlog == 0 {
+            return entry["replicated_seq"]
+                .as_u64()
+                .ok_or_else(|| format!("relay status of {disk} lacks replicated_seq"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the relay still holds {backlog} frames of disk {disk} after {timeout:?}; is the \
+                 target reachable from the relay?"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -36,6 +36,9 @@ fn addr(args: &Args, name: &str) -> Result<Option<std::net::SocketAddr>, String>
 }
 
 pub(crate) fn target(rest: &[String]) -> Result<(), String> {
+    if rest.first().map(String::as_str) == Some("adopt") {
+        return target_adopt(&rest[1..]);
+    }
     let args =
         Args::parse("target", rest, &[("listen", true), ("data-dir", true), ("config", true)])?;
     let mut config = load_config(&args)?;
@@ -54,6 +57,22 @@ pub(crate) fn target(rest: &[String]) -> Result<(), String> {
     };
     let target = target::Target::bind(&options).map_err(|error| error.to_string())?;
     target.serve();
+    Ok(())
+}
+
+/// `target adopt`: an existing image becomes a replica (see `target::adopt`).
+fn target_adopt(rest: &[String]) -> Result<(), String> {
+    let args =
+        Args::parse("target adopt", rest, &[("data-dir", true), ("disk", true), ("image", true)])?;
+    let need =
+        |name: &str| args.value(name).ok_or_else(|| format!("target adopt: --{name} is required"));
+    let (dir, disk, image) = (need("data-dir")?, need("disk")?, need("image")?);
+    config::validate_disk_name(disk).map_err(|error| format!("target adopt: {error}"))?;
+    target::adopt(Path::new(dir), disk, Path::new(image)).map_err(|error| error.to_string())?;
+    println!(
+        "disk {disk}: {image} adopted as its replica in {dir}; replicate into it with \
+         `siterelay agent ... --take-over` (a checksum resync moves only differing blocks)"
+    );
     Ok(())
 }
 

@@ -41,12 +41,18 @@ enum Request {
         kind: FailoverKind,
         point: String,
         nbd_listen: String,
+        /// Planned: the sequence the relay forwarded last; the target must hold it.
+        #[serde(default)]
+        expect_seq: Option<u64>,
     },
     ChangePoint {
         disk: String,
         point: String,
     },
     Commit {
+        disk: String,
+    },
+    Release {
         disk: String,
     },
 }
@@ -78,17 +84,18 @@ pub(crate) fn handle(store: &Arc<Store>, json: &str) -> Result<String, String> {
             json!({ "jobs": list, "failovers": crate::recovery::list(store) })
         }
         Request::Cleanup { job } => cleanup(store, job)?,
-        Request::Failover { disk, kind, point, nbd_listen } => {
-            let kind = match kind {
-                FailoverKind::Unplanned => "unplanned",
-                FailoverKind::Planned => "planned",
+        Request::Failover { disk, kind, point, nbd_listen, expect_seq } => {
+            let planned = match kind {
+                FailoverKind::Unplanned => None,
+                FailoverKind::Planned => Some(expect_seq.unwrap_or(0)),
             };
-            crate::recovery::start(store, &disk, kind, &point, &nbd_listen)?
+            crate::recovery::start(store, &disk, planned, &point, &nbd_listen)?
         }
         Request::ChangePoint { disk, point } => {
             crate::recovery::change_point(store, &disk, &point)?
         }
         Request::Commit { disk } => crate::recovery::commit(store, &disk)?,
+        Request::Release { disk } => crate::recovery::release(store, &disk)?,
     };
     Ok(reply.to_string())
 }

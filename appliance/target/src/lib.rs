@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 
 pub use error::TargetError;
 pub use points::retention::Policy as RetentionPolicy;
-use replica::Replica;
 pub use replica::RetentionOptions;
+use replica::{FailoverPhase, Replica};
 
 #[derive(Debug, Clone)]
 pub struct TargetOptions {
@@ -30,6 +30,34 @@ pub struct TargetOptions {
     /// Staged bytes per connection after which a group commit happens.
     pub group_commit_bytes_max: usize,
     pub retention: RetentionOptions,
+}
+
+/// Registers an existing image (the original source, for a failback) as the replica of disk
+/// `name` under `data_dir`, without copying it: `replicas/NAME.img` becomes a symbolic link to
+/// it. Its generation is unknown (all zeroes), so the agent that replicates into it must take
+/// it over (`agent --take-over`), which compares checksums and moves only differing blocks.
+/// Run it while no target uses `data_dir`.
+pub fn adopt(data_dir: &Path, name: &str, image: &Path) -> Result<(), TargetError> {
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TargetError::Io { action, path, source }
+    };
+    let image = std::fs::canonicalize(image).map_err(io("find", image))?;
+    let metadata = std::fs::metadata(&image).map_err(io("stat", &image))?;
+    if !metadata.is_file() {
+        return Err(TargetError::Metadata {
+            path: image,
+            reason: "is not a regular file (adopting block devices is not supported)".into(),
+        });
+    }
+    let disk_dir = data_dir.join("disks").join(name);
+    if disk_dir.join("meta.json").exists() {
+        return Err(TargetError::Metadata {
+            path: disk_dir,
+            reason: format!("disk {name} already exists on this target; adopt needs a new name"),
+        });
+    }
+    replica::Replica::adopt(data_dir, name, &image, metadata.len())
 }
 
 /// Where the replica of disk `name` lives under a target's data directory.
@@ -114,11 +142,18 @@ impl Store {
         if let Some(existing) = disks.get(info.name) {
             let mut replica = existing.lock().expect("replica lock");
             if let Some(record) = &replica.failover {
-                return Err(TargetError::FailedOver {
-                    disk: info.name.to_string(),
-                    point: record.point,
-                    phase: record.phase.as_str(),
-                });
+                // A disk given back to protection (failback, or the first protection of a
+                // committed copy) is replicated into again when an agent takes it over.
+                let reprotectable =
+                    matches!(record.phase, FailoverPhase::Committed | FailoverPhase::Released);
+                if !(info.take_over && reprotectable) {
+                    return Err(TargetError::FailedOver {
+                        disk: info.name.to_string(),
+                        point: record.point,
+                        phase: record.phase.as_str(),
+                    });
+                }
+                recovery::end(self, &mut replica)?;
             }
             if replica.generation != info.generation && info.take_over {
                 replica.take_over(info.generation)?;

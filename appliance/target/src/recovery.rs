@@ -68,14 +68,17 @@ fn stop_serving(store: &Store, disk: &str) {
     }
 }
 
-/// `failover unplanned|planned`: stops replication to `disk` and serves the chosen point.
+/// `failover unplanned|planned`: stops replication to `disk` and serves the chosen point. A
+/// planned failover (`planned` holds the sequence the relay forwarded last) takes the final
+/// point and only if nothing was written after it: zero data loss, or a refusal saying why.
 pub(crate) fn start(
     store: &Store,
     disk: &str,
-    kind: &str,
+    planned: Option<u64>,
     wanted: &str,
     listen: &str,
 ) -> Result<Value, String> {
+    let kind = if planned.is_some() { "planned" } else { "unplanned" };
     let _: nbdserve::ListenAddr = listen.parse()?;
     let replica = replica_of(store, disk)?;
     let mut replica = replica.lock().expect("replica lock");
@@ -87,7 +90,10 @@ pub(crate) fn start(
             record.phase.as_str()
         ));
     }
-    let point = crate::control::resolve_point(&replica.points.points, disk, wanted)?;
+    let point = match planned {
+        None => crate::control::resolve_point(&replica.points.points, disk, wanted)?,
+        Some(forwarded) => final_point(&replica, disk, forwarded)?,
+    };
     replica.pin(point.id);
     replica.failover = Some(FailoverRecord {
         kind: kind.to_string(),
@@ -130,6 +136,33 @@ pub(crate) fn start(
             Err(reason)
         }
     }
+}
+
+/// The newest point, if it is the end of everything the target and the relay hold.
+fn final_point(
+    replica: &Replica,
+    disk: &str,
+    forwarded: u64,
+) -> Result<points::StoredPoint, String> {
+    if replica.durable_seq < forwarded {
+        return Err(format!(
+            "disk {disk}: the target holds sequence {} but the relay forwarded {forwarded}; \
+             wait until the relay has delivered everything",
+            replica.durable_seq
+        ));
+    }
+    let newest = replica.points.points.last().ok_or_else(|| {
+        format!("disk {disk} has no recovery point: a planned failover needs a final one")
+    })?;
+    if newest.seq != replica.durable_seq {
+        return Err(format!(
+            "disk {disk} has writes after its newest point (sequence {} > {}): the source did \
+             not stop cleanly; stop its workload and then its agent (SIGTERM) for a final \
+             point, or fail over unplanned",
+            replica.durable_seq, newest.seq
+        ));
+    }
+    Ok(*newest)
 }
 
 /// `failover change-point`: before commit, serves another point instead (the writes made to
@@ -189,6 +222,33 @@ pub(crate) fn commit(store: &Store, disk: &str) -> Result<Value, String> {
     Ok(record_json(disk, replica.failover.as_ref().expect("committed")))
 }
 
+/// `failover release`: stops serving a committed disk so that an agent can protect the image
+/// in the other direction (reprotect). The disk's image path is in the reply.
+pub(crate) fn release(store: &Store, disk: &str) -> Result<Value, String> {
+    let replica = replica_of(store, disk)?;
+    let mut replica = replica.lock().expect("replica lock");
+    match replica.failover.as_ref().map(|record| record.phase) {
+        Some(FailoverPhase::Committed) => {}
+        Some(FailoverPhase::Released) => return Err(format!("disk {disk} is already released")),
+        Some(phase) => {
+            return Err(format!("disk {disk} is {}: commit it before releasing it", phase.as_str()))
+        }
+        None => return Err(format!("disk {disk} is not failed over")),
+    }
+    stop_serving(store, disk);
+    let image = replica.image_path.display().to_string();
+    let record = replica.failover.as_mut().expect("checked above");
+    record.phase = FailoverPhase::Released;
+    record.log.push(format!(
+        "released {}: protect {image} with an agent to reprotect (replicate it back)",
+        now_text()
+    ));
+    replica.save_failover().map_err(|error| error.to_string())?;
+    let mut reply = record_json(disk, replica.failover.as_ref().expect("set above"));
+    reply["image"] = json!(image);
+    Ok(reply)
+}
+
 /// At target start: serve every failed-over disk again, finishing an interrupted commit.
 pub(crate) fn resume_all(store: &Store) {
     let replicas: Vec<Arc<Mutex<Replica>>> =
@@ -196,6 +256,9 @@ pub(crate) fn resume_all(store: &Store) {
     for replica in replicas {
         let mut replica = replica.lock().expect("replica lock");
         let Some(phase) = replica.failover.as_ref().map(|record| record.phase) else { continue };
+        if phase == FailoverPhase::Released {
+            continue;
+        }
         if phase == FailoverPhase::Committing {
             log::warn!("disk {}: finishing a commit a restart interrupted", replica.name);
             if let Err(error) = replica.commit_failover() {
@@ -208,6 +271,17 @@ pub(crate) fn resume_all(store: &Store) {
             Err(error) => log::error!("disk {}: {error}", replica.name),
         }
     }
+}
+
+/// Ends a committed or released failover: an agent takes the disk over to replicate into it.
+pub(crate) fn end(store: &Store, replica: &mut Replica) -> Result<(), crate::TargetError> {
+    stop_serving(store, &replica.name);
+    log::warn!(
+        "disk {}: an agent takes the failed-over disk over; its failover ends",
+        replica.name
+    );
+    replica.failover = None;
+    replica.save_failover()
 }
 
 /// The failed-over disks, for `jobs` listings.

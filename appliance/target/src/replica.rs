@@ -86,6 +86,9 @@ pub(crate) enum FailoverPhase {
     Committing,
     /// The base image is the disk; its history is gone.
     Committed,
+    /// Committed, and no longer served: an agent protects the image now (reprotect). A
+    /// take-over by an agent replicating into it again ends the failover.
+    Released,
 }
 
 impl FailoverPhase {
@@ -94,6 +97,7 @@ impl FailoverPhase {
             FailoverPhase::FailedOver => "failed-over",
             FailoverPhase::Committing => "committing",
             FailoverPhase::Committed => "committed",
+            FailoverPhase::Released => "released",
         }
     }
 }
@@ -260,6 +264,39 @@ impl Replica {
             replica.image_path.display()
         );
         Ok(replica)
+    }
+
+    /// See `crate::adopt`: links `image` in as the base and records an unknown generation.
+    pub(crate) fn adopt(
+        data_dir: &Path,
+        name: &str,
+        image: &Path,
+        size_bytes: u64,
+    ) -> Result<(), TargetError> {
+        let disk_dir = data_dir.join("disks").join(name);
+        let replicas_dir = data_dir.join("replicas");
+        for dir in [&disk_dir.join("journal"), &replicas_dir] {
+            fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+        }
+        let link = image_path(data_dir, name);
+        if link.symlink_metadata().is_ok() {
+            fs::remove_file(&link).map_err(io_error("remove", &link))?;
+        }
+        std::os::unix::fs::symlink(image, &link).map_err(io_error("link", &link))?;
+        fsio::fsync_dir(&replicas_dir).map_err(io_error("fsync", &replicas_dir))?;
+        let meta = Meta {
+            generation: wire::generation_to_hex(&[0; 16]),
+            size_bytes,
+            applied_seq: 0,
+            consistent: None,
+            format: META_FORMAT,
+            next_point_id: 1,
+        };
+        let path = disk_dir.join("meta.json");
+        let text = serde_json::to_string_pretty(&meta).expect("meta serializes");
+        fsio::write_atomic(&path, text.as_bytes()).map_err(io_error("write", &path))?;
+        log::info!("disk {name}: adopted {} as its replica", image.display());
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
