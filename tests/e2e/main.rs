@@ -17,6 +17,7 @@ mod failback;
 mod generation;
 mod harness;
 mod nbd_badinput;
+mod plans;
 mod points;
 mod sync;
 mod tap;

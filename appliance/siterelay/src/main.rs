@@ -4,6 +4,7 @@ mod args;
 mod logger;
 mod nbd_client;
 mod operate;
+mod plan_run;
 mod quickstart;
 mod roles;
 mod signals;
@@ -50,6 +51,12 @@ usage:
   siterelay failover jobs --connect TARGET [--json]
   siterelay failover cleanup --connect TARGET --job ID
       List jobs; stop a test failover and discard its writes.
+  siterelay plan check PLAN.toml [--connect TARGET]
+  siterelay plan run PLAN.toml --connect TARGET --run-dir DIR
+                     (--test | --unplanned | --planned --relay RELAY) [--point P]
+  siterelay plan continue --run-dir DIR
+  siterelay plan cleanup --run-dir DIR
+      Recovery plans (docs/PLANS.md): groups of machines in order, scripts, manual steps.
   siterelay config check FILE
       Validate a configuration file (unknown keys and bad values with line and column).
   siterelay --version | --help
@@ -70,6 +77,7 @@ fn main() -> ExitCode {
         "status" => status::run(rest),
         "points" => operate::points(rest),
         "failover" => operate::failover(rest),
+        "plan" => plan_run::run(rest),
         "config" => roles::config(rest),
         "--version" | "version" => {
             println!("siterelay {}", env!("CARGO_PKG_VERSION"));

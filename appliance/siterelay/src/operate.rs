@@ -205,7 +205,7 @@ const PLANNED_DRAIN_SECS: u64 = 600;
 
 /// Waits until the relay has delivered everything of `disk` to the target, with its agent
 /// stopped; returns the last sequence forwarded.
-fn drained(relay: SocketAddr, disk: &str, timeout: Duration) -> Result<u64, String> {
+pub(crate) fn drained(relay: SocketAddr, disk: &str, timeout: Duration) -> Result<u64, String> {
     let deadline = Instant::now() + timeout;
     loop {
         let status: Value = serde_json::from_str(&crate::status::fetch(relay)?)
@@ -247,7 +247,7 @@ fn required<'a>(args: &'a Args, name: &str, command: &str) -> Result<&'a str, St
 }
 
 /// Sends a control request; the reply parsed as JSON.
-fn control(addr: SocketAddr, request: Value) -> Result<Value, String> {
+pub(crate) fn control(addr: SocketAddr, request: Value) -> Result<Value, String> {
     let text = request.to_string();
     let reply = crate::status::ask(addr, &Frame::Control { json: &text })?;
     serde_json::from_str(&reply).map_err(|error| format!("bad reply from {addr}: {error}"))
