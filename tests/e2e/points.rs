@@ -423,3 +423,99 @@ fn unplanned_failover_change_point_and_commit_survive_target_restarts() {
     let jobs = operate(&cluster, &["failover", "jobs"]);
     assert_eq!(jobs["failovers"][0]["phase"], "committed", "{jobs}");
 }
+
+/// Waits for a point of `kind` and returns it.
+fn wait_point_of_kind(cluster: &Cluster, kind: &str) -> Value {
+    let deadline = Instant::now() + POINT_TIMEOUT;
+    loop {
+        let (points, _) = disk_points(cluster);
+        if let Some(point) = points.iter().rev().find(|point| point["kind"] == kind) {
+            return point.clone();
+        }
+        assert!(Instant::now() < deadline, "no {kind} point within {POINT_TIMEOUT:?}: {points:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn freeze_marker_thaw_gives_app_consistent_points_and_a_failed_freeze_still_thaws() {
+    if !require_tools("app_consistent", &["qemu-io", "nbdcopy", "cmp"]) {
+        return;
+    }
+    let cluster = Cluster::start_with_target_config("points-app", KEEP_EVERY_POINT);
+    let hooks = cluster.dir.join("hooks.log");
+    let config = format!(
+        "[agent]\napp_consistent_interval_secs = 1\nhook_timeout_secs = 5\n\
+         freeze_command = \"echo freeze >> {0}\"\nthaw_command = \"echo thaw >> {0}\"\n",
+        hooks.display()
+    );
+    let rig = TapRig::start_on(cluster, DISK_BYTES, Some(&config));
+    let cluster = &rig.cluster;
+    let script = random_write_script(0xa99_0001, DISK_BYTES, 40, 0);
+    rig.qemu_io(&[], &script, "before-app-point");
+    let before = wait_point_of_kind(cluster, "app")["id"].as_u64().unwrap();
+    // An app point taken after the writes stopped: it holds all of them.
+    let deadline = Instant::now() + POINT_TIMEOUT;
+    let app = loop {
+        let point = wait_point_of_kind(cluster, "app");
+        if point["id"].as_u64() > Some(before) {
+            break point;
+        }
+        assert!(Instant::now() < deadline, "no second app point");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let socket = cluster.dir.join("app.sock");
+    let (job, uri) = start_test_failover(cluster, "latest-app", &socket);
+    let copy = cluster.dir.join("app-point.img");
+    nbdcopy_out(&uri, &copy, &cluster.dir.subdir("logs"));
+    assert_files_identical(&rig.source, &copy);
+    cleanup(cluster, job);
+    let log = fs::read_to_string(&hooks).expect("hooks ran");
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 4, "{log}");
+    for pair in lines.chunks(2) {
+        assert_eq!(pair[0], "freeze", "{log}");
+        if pair.len() == 2 {
+            assert_eq!(pair[1], "thaw", "every freeze is followed by its thaw:\n{log}");
+        }
+    }
+    eprintln!("app-consistent point {} at sequence {}", app["id"], app["seq"]);
+}
+
+#[test]
+fn failing_freeze_thaws_and_takes_a_crash_consistent_point_with_a_warning() {
+    if !require_tools("failing_freeze", &["qemu-io", "nbdcopy", "cmp"]) {
+        return;
+    }
+    let cluster = Cluster::start_with_target_config("points-app-fail", KEEP_EVERY_POINT);
+    let thawed = cluster.dir.join("thawed");
+    let config = format!(
+        "[agent]\napp_consistent_interval_secs = 1\nhook_timeout_secs = 1\n\
+         freeze_command = \"echo cannot freeze >&2; exit 4\"\nthaw_command = \"touch {}\"\n",
+        thawed.display()
+    );
+    let rig = TapRig::start_on(cluster, DISK_BYTES, Some(&config));
+    let deadline = Instant::now() + POINT_TIMEOUT;
+    while !rig.agent.log().contains("recovery point is crash-consistent only") {
+        assert!(Instant::now() < deadline, "no warning:\n{}", tail(&rig.agent.log(), 30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = rig.agent.log();
+    let warning = log.lines().find(|line| line.contains("crash-consistent only")).unwrap();
+    assert!(warning.contains("freeze hook \"echo cannot freeze >&2; exit 4\""), "{warning}");
+    assert!(warning.contains("cannot freeze"), "the hook's error output is missing: {warning}");
+    assert!(thawed.exists(), "thaw did not run after the failed freeze");
+    // Replication goes on and the writes reach crash-consistent points.
+    let (points, _) = disk_points(&rig.cluster);
+    let newest = points.last().and_then(|point| point["id"].as_u64());
+    rig.qemu_io(&[], "write -q -P 0x6b 0 65536\nflush\n", "after-failed-freeze");
+    wait_new_point(&rig.cluster, newest);
+    let socket = rig.cluster.dir.join("latest.sock");
+    let (job, uri) = start_test_failover(&rig.cluster, "latest", &socket);
+    let copy = rig.cluster.dir.join("latest.img");
+    nbdcopy_out(&uri, &copy, &rig.cluster.dir.subdir("logs"));
+    assert_files_identical(&rig.source, &copy);
+    cleanup(&rig.cluster, job);
+    let (points, _) = disk_points(&rig.cluster);
+    assert!(points.iter().all(|point| point["kind"] != "app"), "{points:?}");
+}

@@ -28,8 +28,9 @@ pub(crate) enum Captured {
     Data { offset: u64, data: Vec<u8>, at: Instant },
     /// Write-zeroes and trim: the source reads zeros there afterwards, and so must the replica.
     Zero { offset: u64, len: u64, at: Instant },
-    /// The client's FLUSH completed here: a crash-consistent boundary.
-    Flush,
+    /// A consistency boundary: a client's FLUSH completed here (crash), or the freeze hook
+    /// had quiesced the applications (app).
+    Boundary(wire::MarkerKind),
 }
 
 #[derive(Debug)]
@@ -91,7 +92,7 @@ impl CaptureState {
         let was_empty = self.queue.is_empty();
         match &item {
             Captured::Data { data, .. } => self.queued_payload += data.len() as u64,
-            Captured::Flush => self.queued_flushes += 1,
+            Captured::Boundary(_) => self.queued_flushes += 1,
             Captured::Zero { .. } => {}
         }
         self.queue.push_back(item);
@@ -102,7 +103,7 @@ impl CaptureState {
         let item = self.queue.pop_front()?;
         match &item {
             Captured::Data { data, .. } => self.queued_payload -= data.len() as u64,
-            Captured::Flush => self.queued_flushes -= 1,
+            Captured::Boundary(_) => self.queued_flushes -= 1,
             Captured::Zero { .. } => {}
         }
         Some(item)
@@ -251,7 +252,7 @@ impl Capture {
                     state.dirty.mark(offset, len);
                     state.dirty_unsaved = true;
                 }
-                Captured::Flush => {}
+                Captured::Boundary(_) => {}
             }
         }
     }
@@ -262,13 +263,23 @@ impl Capture {
         let capture = &self.disks[disk];
         capture.file.sync_data()?;
         self.save_bitmap(disk)?;
+        self.mark(disk, wire::MarkerKind::Crash);
+        Ok(())
+    }
+
+    /// Queues a consistency boundary of `kind` after everything captured so far, unless a gap
+    /// is open, the bitmap holds older writes or the relay is unreachable (then the replica
+    /// cannot be consistent at this position). True if queued.
+    pub(crate) fn mark(&self, disk: usize, kind: wire::MarkerKind) -> bool {
         let mut state = self.lock(disk);
-        if !state.gap && state.dirty.is_clean() && self.link_up.load(Ordering::Relaxed) {
-            state.push(Captured::Flush);
+        let consistent =
+            !state.gap && state.dirty.is_clean() && self.link_up.load(Ordering::Relaxed);
+        if consistent {
+            state.push(Captured::Boundary(kind));
         }
         drop(state);
         self.notify();
-        Ok(())
+        consistent
     }
 
     /// Writes the bitmap file if bits were set since the last save.
@@ -316,7 +327,7 @@ impl Capture {
                 payload += data.len();
             }
             let item = state.pop().expect("front checked");
-            let boundary = matches!(item, Captured::Flush);
+            let boundary = matches!(item, Captured::Boundary(_));
             into.push(item);
             if boundary {
                 break;
@@ -340,7 +351,7 @@ impl Capture {
         let state = self.lock(disk);
         let oldest = match state.queue.front()? {
             Captured::Data { at, .. } | Captured::Zero { at, .. } => *at,
-            Captured::Flush => return Some(Duration::ZERO),
+            Captured::Boundary(_) => return Some(Duration::ZERO),
         };
         if state.queued_payload >= payload_min
             || state.queued_flushes > 0

@@ -44,6 +44,48 @@ pub struct CaptureOptions {
     pub buffer_bytes: u64,
     pub grain_bytes: u64,
     pub connections_max: usize,
+    pub app_consistent: Option<AppConsistentOptions>,
+}
+
+/// App-consistent points: every `interval`, freeze, a marker on every disk, thaw.
+#[derive(Debug, Clone)]
+pub struct AppConsistentOptions {
+    pub interval: Duration,
+    pub freeze: crate::hooks::Hook,
+    pub thaw: crate::hooks::Hook,
+}
+
+/// Takes app-consistent points until `stop`. A failed or timed-out freeze still thaws and
+/// takes a crash-consistent point instead, with a warning: the workload is never left frozen
+/// and protection goes on.
+fn app_consistent_points(capture: &Capture, options: &AppConsistentOptions, stop: &AtomicBool) {
+    let mut next = Instant::now() + options.interval;
+    while !stop.load(Ordering::Relaxed) {
+        if Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(50).min(next - Instant::now()));
+            continue;
+        }
+        next += options.interval;
+        let result = crate::hooks::app_consistent(&options.freeze, &options.thaw, |consistency| {
+            let kind = match consistency {
+                crate::hooks::Consistency::App => wire::MarkerKind::App,
+                crate::hooks::Consistency::Crash => wire::MarkerKind::Crash,
+            };
+            (0..capture.disks.len()).filter(|&disk| capture.mark(disk, kind)).count()
+        });
+        let disks = capture.disks.len();
+        match (&result.consistency, result.marker) {
+            (crate::hooks::Consistency::App, marked) if marked == disks => log::info!(
+                "app-consistent point on {marked} disk(s), applications frozen for {:.1?}",
+                result.freeze_window
+            ),
+            (crate::hooks::Consistency::App, marked) => log::warn!(
+                "app-consistent point on {marked} of {disks} disk(s): the others are resyncing \
+                 or catching up, so no point is possible there now"
+            ),
+            (crate::hooks::Consistency::Crash, _) => {}
+        }
+    }
 }
 
 /// Per-disk bookkeeping of the replicator.
@@ -89,6 +131,20 @@ pub fn run_continuous(
         capture_options.connections_max,
     )?;
     log::info!("write tap listening on {}", capture_options.tap);
+    let app_points = match &capture_options.app_consistent {
+        Some(app) => {
+            let (capture, app, stop) = (Arc::clone(&capture), app.clone(), Arc::clone(&stop));
+            let spawned = std::thread::Builder::new()
+                .name("app-consistent".into())
+                .spawn(move || app_consistent_points(&capture, &app, &stop));
+            Some(spawned.map_err(|source| AgentError::Io {
+                action: "start the app-consistent point thread",
+                path: "agent".into(),
+                source,
+            })?)
+        }
+        None => None,
+    };
     let link_disks = capture
         .disks
         .iter()
@@ -132,6 +188,10 @@ pub fn run_continuous(
             tap.stop();
             replicator.shut_down(result)
         });
+    stop.store(true, Ordering::Relaxed);
+    if let Some(thread) = app_points {
+        let _ = thread.join();
+    }
     match result {
         Err(AgentError::Stopped) => {
             // Stopped before the relay was ever reached: nothing was sent, everything the
@@ -371,10 +431,13 @@ impl Replicator<'_> {
                     push_zero_extents(&mut extents, *offset, *len);
                     ranges.push((*offset, *len));
                 }
-                Captured::Flush => {}
+                Captured::Boundary(_) => {}
             }
         }
-        let marker = matches!(items.last(), Some(Captured::Flush));
+        let marker = match items.last() {
+            Some(Captured::Boundary(kind)) => Some(*kind),
+            _ => None,
+        };
         if !extents.is_empty() {
             let buffers: Vec<Vec<u8>> = items
                 .drain(..)
@@ -392,8 +455,8 @@ impl Replicator<'_> {
                 self.lag.sent(disk, seq, at);
             }
         }
-        if marker {
-            self.send_marker(disk)?;
+        if let Some(kind) = marker {
+            self.send_marker(disk, kind)?;
         }
         Ok(true)
     }
@@ -421,8 +484,8 @@ impl Replicator<'_> {
 
     /// A crash-consistent boundary: every write the source completed before it (a FLUSH, or
     /// a moment with nothing queued, no gap and a clean bitmap).
-    fn send_marker(&mut self, disk: usize) -> Result<(), AgentError> {
-        let seq = crate::sync::send_marker(&mut self.link, disk, wire::MarkerKind::Crash)?;
+    fn send_marker(&mut self, disk: usize, kind: wire::MarkerKind) -> Result<(), AgentError> {
+        let seq = crate::sync::send_marker(&mut self.link, disk, kind)?;
         self.progress[disk].inflight.push_back((seq, Vec::new()));
         self.progress[disk].unmarked_since = None;
         Ok(())
@@ -441,7 +504,7 @@ impl Replicator<'_> {
             state.queue.is_empty() && !state.gap && state.dirty.is_clean()
         };
         if quiet {
-            self.send_marker(disk)?;
+            self.send_marker(disk, wire::MarkerKind::Crash)?;
         }
         Ok(quiet)
     }

@@ -252,7 +252,7 @@ pub struct AppConsistentResult<R> {
     pub freeze_window: Duration,
 }
 
-/// Runs `freeze`, calls `insert_marker`, then runs `thaw`; thaw always runs once freeze was
+/// Runs `freeze`, calls `insert_marker` with the consistency it gets, then runs `thaw`; thaw always runs once freeze was
 /// attempted.
 ///
 /// If freeze does not succeed, thaw runs first (undoing a partial freeze as early as possible)
@@ -261,7 +261,7 @@ pub struct AppConsistentResult<R> {
 /// runs before the panic continues (with `panic = "abort"` nothing runs after a panic).
 /// A thaw failure is logged as an error and returned; it does not change the point's
 /// consistency.
-pub fn app_consistent<F: FnOnce() -> R, R>(
+pub fn app_consistent<F: FnOnce(Consistency) -> R, R>(
     freeze: &Hook,
     thaw: &Hook,
     insert_marker: F,
@@ -269,7 +269,7 @@ pub fn app_consistent<F: FnOnce() -> R, R>(
     let freeze_outcome = run_hook("freeze", freeze);
     let frozen_at = Instant::now();
     if freeze_outcome.is_ok() {
-        let marker = panic::catch_unwind(AssertUnwindSafe(insert_marker));
+        let marker = panic::catch_unwind(AssertUnwindSafe(|| insert_marker(Consistency::App)));
         let freeze_window = frozen_at.elapsed();
         let thaw_outcome = run_thaw(thaw);
         match marker {
@@ -291,7 +291,7 @@ pub fn app_consistent<F: FnOnce() -> R, R>(
         log::warn!("{warning}");
         let freeze_window = frozen_at.elapsed();
         let thaw_outcome = run_thaw(thaw);
-        let marker = insert_marker();
+        let marker = insert_marker(Consistency::Crash);
         AppConsistentResult {
             marker,
             consistency: Consistency::Crash,
@@ -613,7 +613,7 @@ mod tests {
         let thawed = scratch.path("thawed");
         let freeze = hook(&format!("touch '{}'", frozen.display()), 5_000);
         let thaw = hook(&format!("touch '{}'", thawed.display()), 5_000);
-        let result = app_consistent(&freeze, &thaw, || (frozen.exists(), thawed.exists()));
+        let result = app_consistent(&freeze, &thaw, |_| (frozen.exists(), thawed.exists()));
         assert_eq!(result.marker, (true, false), "marker must be inserted between freeze and thaw");
         assert_eq!(result.consistency, Consistency::App);
         assert_eq!(result.warning, None);
@@ -629,7 +629,7 @@ mod tests {
         let thawed = scratch.path("thawed");
         let freeze = hook("echo 'device busy' >&2; exit 7", 5_000);
         let thaw = hook(&format!("touch '{}'", thawed.display()), 5_000);
-        let result = app_consistent(&freeze, &thaw, || thawed.exists());
+        let result = app_consistent(&freeze, &thaw, |_| thawed.exists());
         assert!(result.marker, "the marker is still inserted, after thaw");
         assert_eq!(result.consistency, Consistency::Crash);
         let warning = result.warning.expect("a warning");
@@ -648,7 +648,7 @@ mod tests {
         let freeze = hook("sleep 30", 300);
         let thaw = hook(&format!("touch '{}'", thawed.display()), 5_000);
         let started = Instant::now();
-        let result = app_consistent(&freeze, &thaw, || ());
+        let result = app_consistent(&freeze, &thaw, |_| ());
         assert!(started.elapsed() < Duration::from_millis(1_500), "took {:?}", started.elapsed());
         assert_eq!(result.consistency, Consistency::Crash);
         let warning = result.warning.expect("a warning");
@@ -661,7 +661,7 @@ mod tests {
 
     #[test]
     fn hooks_thaw_failure_is_reported_and_point_stays_app_consistent() {
-        let result = app_consistent(&hook("true", 5_000), &hook("sleep 30", 300), || 42);
+        let result = app_consistent(&hook("true", 5_000), &hook("sleep 30", 300), |_| 42);
         assert_eq!(result.marker, 42);
         assert_eq!(result.consistency, Consistency::App);
         assert_eq!(result.thaw, HookOutcome::TimedOut { after: Duration::from_millis(300) });
@@ -673,7 +673,7 @@ mod tests {
         let thawed = scratch.path("thawed");
         let thaw = hook(&format!("touch '{}'", thawed.display()), 5_000);
         let caught = panic::catch_unwind(AssertUnwindSafe(|| {
-            app_consistent(&hook("true", 5_000), &thaw, || panic!("marker failed"))
+            app_consistent(&hook("true", 5_000), &thaw, |_| panic!("marker failed"))
         }));
         assert!(caught.is_err());
         assert!(thawed.exists());

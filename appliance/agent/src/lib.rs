@@ -22,7 +22,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use continuous::{run_continuous, CaptureOptions, TapAddr};
+pub use continuous::{run_continuous, AppConsistentOptions, CaptureOptions, TapAddr};
 pub use error::AgentError;
 use link::{Link, LinkDisk, LinkPolicy};
 use sync::{DiskSync, SyncLimits};

@@ -221,6 +221,14 @@ pub struct AgentConfig {
     pub nbd_connections_max: u32,
     /// Seconds between checksum scans in `--mode scan`.
     pub scan_interval_secs: u32,
+    /// Seconds between app-consistent points (0: none, only crash-consistent ones).
+    pub app_consistent_interval_secs: u32,
+    /// Command that quiesces the applications (e.g. `fsfreeze -f /srv/data`).
+    pub freeze_command: String,
+    /// Command that resumes them (e.g. `fsfreeze -u /srv/data`); always run after a freeze.
+    pub thaw_command: String,
+    /// Seconds a freeze or thaw command may take before it is killed.
+    pub hook_timeout_secs: u32,
     /// Disks to protect (`[[agent.disk]]`).
     #[serde(rename = "disk")]
     pub disks: Vec<DiskConfig>,
@@ -240,6 +248,10 @@ impl Default for AgentConfig {
             dirty_grain_bytes: 64 * KIB,
             nbd_connections_max: 16,
             scan_interval_secs: 300,
+            app_consistent_interval_secs: 0,
+            freeze_command: String::new(),
+            thaw_command: String::new(),
+            hook_timeout_secs: 30,
             disks: Vec::new(),
         }
     }

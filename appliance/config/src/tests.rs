@@ -319,6 +319,12 @@ fn every_limit_is_enforced_with_dotted_key() {
         ("[target]\ngroup_commit_bytes_max = 1", "target.group_commit_bytes_max"),
         ("[target]\ngroup_commit_bytes_max = \"1GiB\"", "target.group_commit_bytes_max"),
         ("[target]\npoint_interval_secs = 0", "target.point_interval_secs"),
+        ("[agent]\napp_consistent_interval_secs = 60", "agent.freeze_command"),
+        (
+            "[agent]\napp_consistent_interval_secs = 60\nfreeze_command = \"sync\"",
+            "agent.thaw_command",
+        ),
+        ("[agent]\nhook_timeout_secs = 0", "agent.hook_timeout_secs"),
         ("[target]\njournal_bytes_max = \"1MiB\"", "target.journal_bytes_max"),
         ("[target.retention]\nwindow_secs = 0", "target.retention.window_secs"),
         ("[target.retention]\nwindow_secs = 1296001", "target.retention.window_secs"),

@@ -93,6 +93,7 @@ fn validate_agent(agent: &AgentConfig) -> Result<(), ConfigError> {
     check_size_range("agent.capture_buffer_bytes", agent.capture_buffer_bytes, MIB, 4 * GIB)?;
     check_power_of_two_size("agent.dirty_grain_bytes", agent.dirty_grain_bytes, 4 * KIB, 4 * MIB)?;
     check_count_range("agent.nbd_connections_max", agent.nbd_connections_max, 1, 256)?;
+    check_app_consistent(agent)?;
     check_count_range("agent.scan_interval_secs", agent.scan_interval_secs, 1, 7 * 86_400)?;
     validate_disks(&agent.disks)
 }
@@ -111,6 +112,29 @@ fn check_read_chunk_alignment(agent: &AgentConfig) -> Result<(), ConfigError> {
 
 /// Two frames in flight is the minimum for the sender to keep the link busy
 /// while the previous frame is being acknowledged.
+fn check_app_consistent(agent: &AgentConfig) -> Result<(), ConfigError> {
+    let interval = agent.app_consistent_interval_secs;
+    check_count_range("agent.app_consistent_interval_secs", interval, 0, 604_800)?;
+    check_count_range("agent.hook_timeout_secs", agent.hook_timeout_secs, 1, 3600)?;
+    for (key, command) in [
+        ("agent.freeze_command", &agent.freeze_command),
+        ("agent.thaw_command", &agent.thaw_command),
+    ] {
+        if command.len() > 4096 || command.contains('\0') {
+            return Err(invalid(key, toml_string(command), "must be at most 4096 bytes, no NUL"));
+        }
+        if interval > 0 && command.trim().is_empty() {
+            return Err(invalid(
+                key,
+                toml_string(""),
+                "must be set: app-consistent points (agent.app_consistent_interval_secs > 0) \
+                 need both a freeze and a thaw command",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_window(agent: &AgentConfig) -> Result<(), ConfigError> {
     let key = "agent.window_bytes";
     let window_min = agent.frame_payload_bytes.saturating_mul(2);

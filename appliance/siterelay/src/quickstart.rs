@@ -159,6 +159,7 @@ fn continuous(
         buffer_bytes: config::Config::default().agent.capture_buffer_bytes,
         grain_bytes: config::Config::default().agent.dirty_grain_bytes,
         connections_max: 4,
+        app_consistent: None,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let agent_options = agent::AgentOptions { progress: false, ..options.clone() };

@@ -188,6 +188,7 @@ pub(crate) fn agent(rest: &[String]) -> Result<(), String> {
                 buffer_bytes: config.agent.capture_buffer_bytes,
                 grain_bytes: config.agent.dirty_grain_bytes,
                 connections_max: config.agent.nbd_connections_max as usize,
+                app_consistent: app_consistent_options(&config.agent),
             };
             let stop = crate::signals::stop_on_signal()?;
             agent::run_continuous(&options, &capture, stop).map_err(|error| error.to_string())?;
@@ -242,6 +243,19 @@ pub(crate) fn config(rest: &[String]) -> Result<(), String> {
         }
         _ => Err("usage: siterelay config check FILE".into()),
     }
+}
+
+/// Freeze/thaw hooks and their interval, when app-consistent points are configured.
+fn app_consistent_options(agent: &config::AgentConfig) -> Option<agent::AppConsistentOptions> {
+    if agent.app_consistent_interval_secs == 0 {
+        return None;
+    }
+    let timeout = std::time::Duration::from_secs(u64::from(agent.hook_timeout_secs));
+    Some(agent::AppConsistentOptions {
+        interval: std::time::Duration::from_secs(u64::from(agent.app_consistent_interval_secs)),
+        freeze: agent::hooks::Hook { command: agent.freeze_command.clone(), timeout },
+        thaw: agent::hooks::Hook { command: agent.thaw_command.clone(), timeout },
+    })
 }
 
 /// The target's point and retention settings, from its validated configuration.
