@@ -692,13 +692,33 @@ impl Cluster {
 
     /// Like `start`, with the target configured by `target_toml` (retention, say).
     pub(crate) fn start_with_target_config(label: &str, target_toml: &str) -> Cluster {
+        Self::start_with_configs(label, target_toml, None)
+    }
+
+    /// Like `start`, with a configuration file for the target and optionally the relay.
+    pub(crate) fn start_with_configs(
+        label: &str,
+        target_toml: &str,
+        relay_toml: Option<&str>,
+    ) -> Cluster {
         let dir = TestDir::new(label);
         let logs = dir.subdir("logs");
-        let config = logs.join("target.toml");
-        fs::write(&config, target_toml).expect("write target config");
-        let config = config.to_str().expect("utf-8 path").to_string();
+        let write_config = |name: &str, text: &str| {
+            let path = logs.join(name);
+            fs::write(&path, text).expect("write config");
+            path.to_str().expect("utf-8 path").to_string()
+        };
+        let config = write_config("target.toml", target_toml);
         let target = Server::target_with(&dir.join("target-data"), &logs, &["--config", &config]);
-        Self::assemble(dir, target).started()
+        let mut cluster = Self::assemble(dir, target);
+        if let Some(text) = relay_toml {
+            let config = write_config("relay.toml", text);
+            let logs = cluster.dir.subdir("logs");
+            let cache = cluster.dir.join("relay-cache");
+            cluster.relay =
+                Server::relay_with(cluster.target.addr(), &cache, &logs, &["--config", &config]);
+        }
+        cluster.started()
     }
 
     /// Like `start`, without starting anything yet.

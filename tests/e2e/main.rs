@@ -15,6 +15,7 @@ mod config;
 mod crash;
 mod failback;
 mod generation;
+mod groups;
 mod harness;
 mod nbd_badinput;
 mod plans;

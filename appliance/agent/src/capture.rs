@@ -30,7 +30,8 @@ pub(crate) enum Captured {
     Zero { offset: u64, len: u64, at: Instant },
     /// A consistency boundary: a client's FLUSH completed here (crash), or the freeze hook
     /// had quiesced the applications (app).
-    Boundary(wire::MarkerKind),
+    /// The id is the relay's for a group marker, 0 otherwise (the marker's sequence is used).
+    Boundary(wire::MarkerKind, u64),
 }
 
 #[derive(Debug)]
@@ -43,7 +44,13 @@ pub(crate) struct DiskCapture {
     state: Mutex<CaptureState>,
     /// Serializes bitmap saves, so an older snapshot never overwrites a newer one.
     save: Mutex<Vec<u8>>,
+    /// Signalled when a consistency-group hold on this disk ends.
+    released: Condvar,
 }
+
+/// Longest a consistency-group hold delays a write's reply, whatever the relay does: the
+/// source waits at most this long, once, and then the hold ends by itself.
+pub(crate) const GROUP_HOLD_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub(crate) struct CaptureState {
@@ -57,6 +64,9 @@ pub(crate) struct CaptureState {
     /// A sync or resync of this disk is pending or running: the replica is not a
     /// crash-consistent image, so FLUSHes are not turned into consistency boundaries.
     pub(crate) gap: bool,
+    /// A consistency-group marker is queued and the relay has not released the group yet:
+    /// replies to writes applied after the marker wait (see `hold_and_mark`).
+    held_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -92,7 +102,7 @@ impl CaptureState {
         let was_empty = self.queue.is_empty();
         match &item {
             Captured::Data { data, .. } => self.queued_payload += data.len() as u64,
-            Captured::Boundary(_) => self.queued_flushes += 1,
+            Captured::Boundary(..) => self.queued_flushes += 1,
             Captured::Zero { .. } => {}
         }
         self.queue.push_back(item);
@@ -103,7 +113,7 @@ impl CaptureState {
         let item = self.queue.pop_front()?;
         match &item {
             Captured::Data { data, .. } => self.queued_payload -= data.len() as u64,
-            Captured::Boundary(_) => self.queued_flushes -= 1,
+            Captured::Boundary(..) => self.queued_flushes -= 1,
             Captured::Zero { .. } => {}
         }
         Some(item)
@@ -127,8 +137,10 @@ impl Capture {
                     dirty: setup.dirty,
                     dirty_unsaved: true,
                     gap: setup.gap,
+                    held_until: None,
                 }),
                 save: Mutex::new(Vec::new()),
+                released: Condvar::new(),
             })
             .collect();
         Capture {
@@ -193,11 +205,58 @@ impl Capture {
             self.queued_bytes.fetch_add(len, Ordering::Relaxed);
             state.push(Captured::Data { offset, data, at: Instant::now() })
         };
+        let state = self.wait_while_held(disk, state);
         drop(state);
         if wake {
             self.notify();
         }
         Ok(())
+    }
+
+    /// Delays the reply to a write applied after a group marker until the group is released
+    /// (or `GROUP_HOLD_MAX` passed): no write that depends on it can reach another disk of
+    /// the group before that disk's marker.
+    fn wait_while_held<'a>(
+        &'a self,
+        disk: usize,
+        mut state: MutexGuard<'a, CaptureState>,
+    ) -> MutexGuard<'a, CaptureState> {
+        while let Some(until) = state.held_until {
+            let now = Instant::now();
+            if now >= until {
+                log::warn!(
+                    "disk {}: consistency-group hold not released within {GROUP_HOLD_MAX:?}; \
+                     writes go on (that group point will not be confirmed)",
+                    self.disks[disk].name
+                );
+                state.held_until = None;
+                break;
+            }
+            state =
+                self.disks[disk].released.wait_timeout(state, until - now).expect("capture lock").0;
+        }
+        state
+    }
+
+    /// Queues a group boundary on `disk` and holds write replies until `release`; false (and
+    /// no hold) where the disk cannot be consistent now.
+    pub(crate) fn hold_and_mark(&self, disk: usize, marker_id: u64) -> bool {
+        let mut state = self.lock(disk);
+        let consistent =
+            !state.gap && state.dirty.is_clean() && self.link_up.load(Ordering::Relaxed);
+        if consistent {
+            state.push(Captured::Boundary(wire::MarkerKind::Group, marker_id));
+            state.held_until = Some(Instant::now() + GROUP_HOLD_MAX);
+        }
+        drop(state);
+        self.notify();
+        consistent
+    }
+
+    /// Ends a group hold on `disk`.
+    pub(crate) fn release(&self, disk: usize) {
+        self.lock(disk).held_until = None;
+        self.disks[disk].released.notify_all();
     }
 
     /// Write-zeroes or trim: the range reads as zeros afterwards (holes where possible).
@@ -214,6 +273,7 @@ impl Capture {
         } else {
             state.push(Captured::Zero { offset, len, at: Instant::now() })
         };
+        let state = self.wait_while_held(disk, state);
         drop(state);
         if wake {
             self.notify();
@@ -252,7 +312,7 @@ impl Capture {
                     state.dirty.mark(offset, len);
                     state.dirty_unsaved = true;
                 }
-                Captured::Boundary(_) => {}
+                Captured::Boundary(..) => {}
             }
         }
     }
@@ -275,7 +335,7 @@ impl Capture {
         let consistent =
             !state.gap && state.dirty.is_clean() && self.link_up.load(Ordering::Relaxed);
         if consistent {
-            state.push(Captured::Boundary(kind));
+            state.push(Captured::Boundary(kind, 0));
         }
         drop(state);
         self.notify();
@@ -327,7 +387,7 @@ impl Capture {
                 payload += data.len();
             }
             let item = state.pop().expect("front checked");
-            let boundary = matches!(item, Captured::Boundary(_));
+            let boundary = matches!(item, Captured::Boundary(..));
             into.push(item);
             if boundary {
                 break;
@@ -351,7 +411,7 @@ impl Capture {
         let state = self.lock(disk);
         let oldest = match state.queue.front()? {
             Captured::Data { at, .. } | Captured::Zero { at, .. } => *at,
-            Captured::Boundary(_) => return Some(Duration::ZERO),
+            Captured::Boundary(..) => return Some(Duration::ZERO),
         };
         if state.queued_payload >= payload_min
             || state.queued_flushes > 0

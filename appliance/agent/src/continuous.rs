@@ -342,6 +342,9 @@ impl Replicator<'_> {
                 self.prune_inflight(disk);
             }
             self.link.poll(Duration::ZERO)?;
+            for request in self.link.take_controls() {
+                self.on_relay_request(&request)?;
+            }
             if !worked {
                 self.capture.wait(&mut seen, sleep);
             }
@@ -431,11 +434,11 @@ impl Replicator<'_> {
                     push_zero_extents(&mut extents, *offset, *len);
                     ranges.push((*offset, *len));
                 }
-                Captured::Boundary(_) => {}
+                Captured::Boundary(..) => {}
             }
         }
         let marker = match items.last() {
-            Some(Captured::Boundary(kind)) => Some(*kind),
+            Some(Captured::Boundary(kind, id)) => Some((*kind, *id)),
             _ => None,
         };
         if !extents.is_empty() {
@@ -455,8 +458,8 @@ impl Replicator<'_> {
                 self.lag.sent(disk, seq, at);
             }
         }
-        if let Some(kind) = marker {
-            self.send_marker(disk, kind)?;
+        if let Some((kind, marker_id)) = marker {
+            self.send_marker(disk, kind, marker_id)?;
         }
         Ok(true)
     }
@@ -484,10 +487,67 @@ impl Replicator<'_> {
 
     /// A crash-consistent boundary: every write the source completed before it (a FLUSH, or
     /// a moment with nothing queued, no gap and a clean bitmap).
-    fn send_marker(&mut self, disk: usize, kind: wire::MarkerKind) -> Result<(), AgentError> {
-        let seq = crate::sync::send_marker(&mut self.link, disk, kind)?;
+    fn send_marker(
+        &mut self,
+        disk: usize,
+        kind: wire::MarkerKind,
+        marker_id: u64,
+    ) -> Result<(), AgentError> {
+        let seq = crate::sync::send_marker(&mut self.link, disk, kind, marker_id)?;
         self.progress[disk].inflight.push_back((seq, Vec::new()));
         self.progress[disk].unmarked_since = None;
+        Ok(())
+    }
+
+    /// A consistency-group request of the relay: `group-hold` queues a group marker on the
+    /// named disks and holds write replies there until `group-release` (design.md §5).
+    fn on_relay_request(&mut self, json: &str) -> Result<(), AgentError> {
+        let Ok(request) = serde_json::from_str::<serde_json::Value>(json) else {
+            log::warn!("ignoring a malformed request from the relay: {json}");
+            return Ok(());
+        };
+        let marker_id = request["marker_id"].as_u64().unwrap_or(0);
+        let disks: Vec<usize> = request["disks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|name| {
+                let name = name.as_str()?;
+                self.capture.disks.iter().position(|disk| disk.name == name)
+            })
+            .collect();
+        match request["op"].as_str() {
+            Some("group-hold") if marker_id > 0 => {
+                let mut held = Vec::new();
+                for &disk in &disks {
+                    if self.capture.hold_and_mark(disk, marker_id) {
+                        held.push(disk);
+                    }
+                }
+                let ok = held.len() == disks.len() && !disks.is_empty();
+                if !ok {
+                    // A disk that cannot be consistent now spoils the group point: let the
+                    // others go at once.
+                    for disk in held {
+                        self.capture.release(disk);
+                    }
+                }
+                let reply = serde_json::json!({
+                    "op": "group-held",
+                    "group": request["group"],
+                    "marker_id": marker_id,
+                    "ok": ok,
+                })
+                .to_string();
+                self.link.send_unsequenced(&wire::Frame::Control { json: &reply })?;
+            }
+            Some("group-release") => {
+                for disk in disks {
+                    self.capture.release(disk);
+                }
+            }
+            _ => log::warn!("ignoring an unknown request from the relay: {json}"),
+        }
         Ok(())
     }
 
@@ -504,7 +564,7 @@ impl Replicator<'_> {
             state.queue.is_empty() && !state.gap && state.dirty.is_clean()
         };
         if quiet {
-            self.send_marker(disk, wire::MarkerKind::Crash)?;
+            self.send_marker(disk, wire::MarkerKind::Crash, 0)?;
         }
         Ok(quiet)
     }

@@ -199,7 +199,7 @@ fn sync_disks(
         .run(disk.mode)?;
         // The end of a sync is a recovery point at the target: the source as read, which is
         // consistent if nothing wrote to it during the sync (a one-shot copy or a scan).
-        sync::send_marker(link, index, wire::MarkerKind::Crash)?;
+        sync::send_marker(link, index, wire::MarkerKind::Crash, 0)?;
         link.wait_replicated()?;
         let size = disk.size_bytes;
         sync::report_state(link, index, wire::DiskStateKind::Synced, size, size)?;

@@ -46,9 +46,17 @@ struct DiskWindow {
 #[derive(Debug)]
 enum Event {
     Ack(Vec<wire::AckEntry>),
-    Checksums { request_id: u64, sums: Vec<u8> },
-    Error { code: u16, message: String },
+    Checksums {
+        request_id: u64,
+        sums: Vec<u8>,
+    },
+    Error {
+        code: u16,
+        message: String,
+    },
     Closed(String),
+    /// A request of the relay (JSON), e.g. a consistency-group hold.
+    Control(String),
 }
 
 #[derive(Debug)]
@@ -65,6 +73,8 @@ pub(crate) struct Link {
     /// Checksum requests not yet answered, resent after a reconnect: (disk, encoded frame).
     open_requests: HashMap<u64, (usize, Vec<u8>)>,
     answers: HashMap<u64, Vec<u8>>,
+    /// Requests the relay sent (consistency-group holds), for the replicator to act on.
+    controls: Vec<String>,
     next_request_id: u64,
     spare_frames: Vec<Vec<u8>>,
     /// Set while connected; the write tap reads it to bypass the buffer while the relay is away.
@@ -112,6 +122,7 @@ impl Link {
             events: None,
             open_requests: HashMap::new(),
             answers: HashMap::new(),
+            controls: Vec::new(),
             next_request_id: 1,
             spare_frames: Vec::new(),
             up: policy.up,
@@ -203,7 +214,7 @@ impl Link {
                     return Err(AgentError::Refused(format!("{message} (code {code})")))
                 }
                 Ok(Event::Closed(reason)) => return Err(AgentError::Protocol(reason)),
-                Ok(Event::Checksums { .. }) => {}
+                Ok(Event::Checksums { .. } | Event::Control(_)) => {}
                 Err(_) => return Err(AgentError::Protocol("no handshake answer".into())),
             }
         };
@@ -451,8 +462,16 @@ impl Link {
                 log::warn!("connection to relay {} lost: {reason}; reconnecting", self.addr);
                 self.reconnect()?;
             }
+            Event::Control(json) => self.controls.push(json),
         }
         Ok(())
+    }
+}
+
+impl Link {
+    /// The relay's requests received since the last call.
+    pub(crate) fn take_controls(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.controls)
     }
 }
 
@@ -497,6 +516,7 @@ fn forward_frames(
             Frame::Error { code, message } => {
                 Some(Event::Error { code, message: message.to_string() })
             }
+            Frame::Control { json } => Some(Event::Control(json.to_string())),
             _ => None,
         };
         reader.consume(used);

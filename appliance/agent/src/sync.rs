@@ -200,25 +200,21 @@ impl DiskSync<'_> {
 }
 
 /// Sends a consistency marker after everything sent so far on `disk`; returns its sequence.
-/// The marker id is the sequence, unique within the disk's generation.
+/// The marker id is `marker_id` (a group's, shared by its disks) or, if 0, the sequence.
 pub(crate) fn send_marker(
     link: &mut Link,
     disk: usize,
     kind: wire::MarkerKind,
+    marker_id: u64,
 ) -> Result<u64, AgentError> {
     let seq = link.next_seq(disk);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64);
     let mut bytes = link.take_frame_buffer();
-    Frame::Marker(wire::Marker {
-        disk_id: disk as u32,
-        seq,
-        kind,
-        marker_id: seq,
-        time_unix_ms: now,
-    })
-    .encode(&mut bytes)?;
+    let marker_id = if marker_id == 0 { seq } else { marker_id };
+    Frame::Marker(wire::Marker { disk_id: disk as u32, seq, kind, marker_id, time_unix_ms: now })
+        .encode(&mut bytes)?;
     link.send_sequenced(disk, seq, bytes)?;
     Ok(seq)
 }

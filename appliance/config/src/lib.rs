@@ -25,7 +25,8 @@ use serde::Deserialize;
 
 pub use error::ConfigError;
 pub use sections::{
-    AgentConfig, DiskConfig, LogConfig, LogLevel, RelayConfig, RetentionConfig, TargetConfig,
+    AgentConfig, DiskConfig, GroupConfig, LogConfig, LogLevel, RelayConfig, RetentionConfig,
+    TargetConfig,
 };
 pub use size::{format_byte_size, parse_byte_size};
 pub use validate::validate_disk_name;

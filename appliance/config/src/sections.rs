@@ -106,6 +106,25 @@ pub struct RelayConfig {
     pub queue_depth: u32,
     /// Interval of liveness messages, in seconds.
     pub heartbeat_secs: u32,
+    /// Consistency groups (`[[relay.group]]`): disks, possibly of several agents, whose
+    /// recovery points the relay coordinates so that one point is consistent across all.
+    #[serde(rename = "group")]
+    pub groups: Vec<GroupConfig>,
+}
+
+/// `[[relay.group]]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: String,
+    pub disks: Vec<String>,
+    /// Seconds between group points.
+    #[serde(default = "default_group_interval")]
+    pub interval_secs: u32,
+}
+
+fn default_group_interval() -> u32 {
+    300
 }
 
 impl Default for RelayConfig {
@@ -123,6 +142,7 @@ impl Default for RelayConfig {
             disks_max: 1024,
             queue_depth: 256,
             heartbeat_secs: 5,
+            groups: Vec::new(),
         }
     }
 }

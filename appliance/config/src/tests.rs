@@ -52,13 +52,15 @@ fn default_file_documents_every_key() {
     for section in ["log", "relay", "target", "agent"] {
         let keys = valid_keys(section);
         assert!(!keys.is_empty(), "no keys found for [{section}]");
-        for key in keys.iter().filter(|key| !["disk", "retention"].contains(&key.as_str())) {
+        for key in keys.iter().filter(|key| !["disk", "retention", "group"].contains(&key.as_str()))
+        {
             let line = format!("\n{key} = ");
             assert!(DEFAULT_TOML.contains(&line), "[{section}] {key} missing");
         }
     }
     assert!(DEFAULT_TOML.contains("# [[agent.disk]]"));
     assert!(DEFAULT_TOML.contains("\n[target.retention]"));
+    assert!(DEFAULT_TOML.contains("# [[relay.group]]"));
 }
 
 #[test]
@@ -325,6 +327,12 @@ fn every_limit_is_enforced_with_dotted_key() {
             "agent.thaw_command",
         ),
         ("[agent]\nhook_timeout_secs = 0", "agent.hook_timeout_secs"),
+        ("[[relay.group]]\nname = \"g\"\ndisks = []", "relay.group[0].disks"),
+        ("[[relay.group]]\nname = \"g\"\ndisks = [\"a\"]\ninterval_secs = 0", "relay.group[0].interval_secs"),
+        (
+            "[[relay.group]]\nname = \"g\"\ndisks = [\"a\"]\n[[relay.group]]\nname = \"h\"\ndisks = [\"a\"]",
+            "relay.group[1].disks",
+        ),
         ("[target]\njournal_bytes_max = \"1MiB\"", "target.journal_bytes_max"),
         ("[target.retention]\nwindow_secs = 0", "target.retention.window_secs"),
         ("[target.retention]\nwindow_secs = 1296001", "target.retention.window_secs"),

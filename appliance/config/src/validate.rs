@@ -39,7 +39,49 @@ fn validate_relay(relay: &RelayConfig) -> Result<(), ConfigError> {
     check_count_range("relay.agents_max", relay.agents_max, 1, 4096)?;
     check_count_range("relay.disks_max", relay.disks_max, 1, 65_536)?;
     check_power_of_two_count("relay.queue_depth", relay.queue_depth, 16, 4096)?;
-    check_count_range("relay.heartbeat_secs", relay.heartbeat_secs, 1, 300)
+    check_count_range("relay.heartbeat_secs", relay.heartbeat_secs, 1, 300)?;
+    validate_groups(&relay.groups)
+}
+
+/// Consistency groups per relay, and disks per group.
+const GROUPS_MAX: usize = 64;
+const GROUP_DISKS_MAX: usize = 256;
+
+fn validate_groups(groups: &[crate::GroupConfig]) -> Result<(), ConfigError> {
+    if groups.len() > GROUPS_MAX {
+        let reason = format!("must have at most {GROUPS_MAX} entries");
+        return Err(invalid("relay.group", format!("[{} entries]", groups.len()), &reason));
+    }
+    let mut group_of_disk: HashMap<&str, usize> = HashMap::new();
+    let mut first_by_name: HashMap<&str, usize> = HashMap::new();
+    for (index, group) in groups.iter().enumerate() {
+        let key = format!("relay.group[{index}].name");
+        validate_disk_name(&group.name)
+            .map_err(|reason| invalid(&key, toml_string(&group.name), &reason))?;
+        if let Some(first) = first_by_name.insert(&group.name, index) {
+            let reason =
+                format!("duplicates relay.group[{first}].name; group names must be unique");
+            return Err(invalid(&key, toml_string(&group.name), &reason));
+        }
+        let key = format!("relay.group[{index}].interval_secs");
+        check_count_range(&key, group.interval_secs, 1, 86_400)?;
+        let key = format!("relay.group[{index}].disks");
+        if group.disks.is_empty() || group.disks.len() > GROUP_DISKS_MAX {
+            let reason = format!("must list 1 to {GROUP_DISKS_MAX} disks");
+            return Err(invalid(&key, format!("[{} entries]", group.disks.len()), &reason));
+        }
+        for disk in &group.disks {
+            validate_disk_name(disk).map_err(|reason| invalid(&key, toml_string(disk), &reason))?;
+            if let Some(other) = group_of_disk.insert(disk, index) {
+                let reason = format!(
+                    "must not repeat disk {disk:?} of relay.group[{other}]; a disk is in at most \
+                     one group"
+                );
+                return Err(invalid(&key, toml_string(disk), &reason));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Keeping at least four segments lets the cache retire whole segments while

@@ -183,11 +183,17 @@ pub struct Relay {
     /// Intake is paused because the cache reached `cache_bytes_max` (logged on each change).
     cache_full: bool,
     pub(crate) started: Instant,
+    pub(crate) groups: Vec<crate::groups::Group>,
 }
 
 impl Relay {
     /// Probes io_uring, recovers the cache and binds the listener.
     pub fn bind(options: RelayOptions) -> Result<Relay, RelayError> {
+        let groups = options
+            .groups
+            .iter()
+            .map(|group| crate::groups::Group::new(group.clone(), Instant::now()))
+            .collect();
         let ring = Ring::new(options.queue_depth)?;
         let threads = match options.compression_threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -235,6 +241,7 @@ impl Relay {
             next_heartbeat: Instant::now(),
             cache_full: false,
             started: Instant::now(),
+            groups,
         })
     }
 
@@ -428,6 +435,10 @@ impl Relay {
                 Ok(())
             }
             (_, Frame::Heartbeat { .. }) => Ok(()),
+            (ConnRole::Agent, Frame::Control { json }) => {
+                self.on_agent_answer(id, json);
+                Ok(())
+            }
             (ConnRole::Target { .. }, frame) => {
                 self.on_target_frame(id, frame);
                 Ok(())
@@ -1108,6 +1119,8 @@ impl Relay {
             Frame::Error { code, message } => {
                 log::error!("target reported error {code}: {message}")
             }
+            // The target's answer to a group confirmation.
+            Frame::Status { .. } => {}
             other => {
                 let error = protocol(
                     error_code::PROTOCOL,
@@ -1126,9 +1139,62 @@ impl Relay {
         }
     }
 
+    /// Starts due consistency-group rounds and ends overdue ones.
+    fn coordinate_groups(&mut self, now: Instant) {
+        let now_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let mut out = Vec::new();
+        let (disks, conns) = (&self.disks, &self.conns);
+        let owner = |name: &str| {
+            let disk = &disks.list[disks.find(name)?];
+            let (conn, _) = disk.agent?;
+            conns.get(&conn).filter(|conn| !conn.closing).map(|_| conn)
+        };
+        for group in &mut self.groups {
+            group.tick(now, now_unix_ms, owner, &mut out);
+        }
+        self.send_group_messages(out);
+    }
+
+    /// An agent's answer to a group hold.
+    fn on_agent_answer(&mut self, id: u64, json: &str) {
+        let Ok(answer) = serde_json::from_str::<serde_json::Value>(json) else {
+            log::warn!("connection {id}: malformed answer {json}");
+            return;
+        };
+        let (Some("group-held"), Some(name), Some(marker_id)) =
+            (answer["op"].as_str(), answer["group"].as_str(), answer["marker_id"].as_u64())
+        else {
+            log::warn!("connection {id}: unexpected answer {json}");
+            return;
+        };
+        let ok = answer["ok"].as_bool() == Some(true);
+        let mut out = Vec::new();
+        if let Some(group) = self.groups.iter_mut().find(|group| group.options.name == name) {
+            group.on_held(id, marker_id, ok, &mut out);
+        }
+        self.send_group_messages(out);
+    }
+
+    fn send_group_messages(&mut self, out: Vec<crate::groups::Outgoing>) {
+        for message in out {
+            let conn = message.conn.or(self.target.conn);
+            match conn.and_then(|conn| self.conns.get_mut(&conn)).filter(|conn| !conn.closing) {
+                Some(conn) => conn.push(&Frame::Control { json: &message.json }),
+                None if message.conn.is_none() => log::warn!(
+                    "the target is not connected: a group point stays unconfirmed ({})",
+                    message.json
+                ),
+                None => {}
+            }
+        }
+    }
+
     fn on_tick(&mut self) -> Result<(), RelayError> {
         self.ring.submit(tag(KIND_TICK, 0), uring::timeout(TICK_INTERVAL))?;
         let now = Instant::now();
+        self.coordinate_groups(now);
         if now >= self.next_heartbeat {
             self.heartbeat(now);
         }
@@ -1287,6 +1353,11 @@ impl Relay {
 
     fn retire(&mut self, id: u64) {
         let conn = self.conns.remove(&id).expect("retiring a live connection");
+        let mut out = Vec::new();
+        for group in &mut self.groups {
+            group.on_closed(id, &mut out);
+        }
+        self.send_group_messages(out);
         for disk in self.disks.list.iter_mut() {
             if disk.agent.is_some_and(|(owner, _)| owner == id) {
                 disk.agent = None;

@@ -11,6 +11,7 @@ mod cache;
 mod disks;
 mod error;
 mod event_loop;
+mod groups;
 mod pool;
 mod status;
 
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 
 pub use error::RelayError;
 pub use event_loop::Relay;
+pub use groups::GroupOptions;
 
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
@@ -35,4 +37,6 @@ pub struct RelayOptions {
     pub disks_max: usize,
     pub queue_depth: u32,
     pub heartbeat_secs: u64,
+    /// Consistency groups whose points the relay coordinates.
+    pub groups: Vec<GroupOptions>,
 }

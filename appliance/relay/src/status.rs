@@ -41,6 +41,13 @@ pub(crate) fn status_json(relay: &Relay) -> String {
             "segments": relay.cache.segments.len(),
         },
         "disks": disks,
+        "groups": relay.groups.iter().map(|group| serde_json::json!({
+            "name": group.options.name,
+            "disks": group.options.disks,
+            "interval_secs": group.options.interval.as_secs(),
+            "confirmed_points": group.confirmed,
+            "failed_points": group.failed,
+        })).collect::<Vec<_>>(),
     })
     .to_string()
 }

@@ -90,6 +90,15 @@ pub(crate) fn relay_options(config: &config::RelayConfig) -> relay::RelayOptions
         disks_max: config.disks_max as usize,
         queue_depth: config.queue_depth,
         heartbeat_secs: u64::from(config.heartbeat_secs),
+        groups: config
+            .groups
+            .iter()
+            .map(|group| relay::GroupOptions {
+                name: group.name.clone(),
+                disks: group.disks.clone(),
+                interval: std::time::Duration::from_secs(u64::from(group.interval_secs)),
+            })
+            .collect(),
     }
 }
 

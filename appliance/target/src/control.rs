@@ -55,6 +55,13 @@ enum Request {
     Release {
         disk: String,
     },
+    /// From the relay: every disk of `group` has its marker `marker_id`, taken consistently.
+    GroupConfirm {
+        group: String,
+        marker_id: u64,
+        #[serde(default)]
+        disks: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -96,16 +103,38 @@ pub(crate) fn handle(store: &Arc<Store>, json: &str) -> Result<String, String> {
         }
         Request::Commit { disk } => crate::recovery::commit(store, &disk)?,
         Request::Release { disk } => crate::recovery::release(store, &disk)?,
+        Request::GroupConfirm { group, marker_id, disks } => {
+            store
+                .groups
+                .lock()
+                .expect("groups lock")
+                .confirm(&group, marker_id, &disks)
+                .map_err(|error| format!("cannot record group point {marker_id}: {error}"))?;
+            json!({ "group": group, "marker_id": marker_id, "confirmed": true })
+        }
     };
     Ok(reply.to_string())
 }
 
-fn point_json(point: &StoredPoint, newest: bool) -> Value {
+/// A group marker the relay has not confirmed is a crash-consistent point of its disk only.
+fn effective_kind(groups: &crate::groups::ConfirmedGroups, point: &StoredPoint) -> Kind {
+    match point.kind {
+        Kind::Group if groups.group_of(point.marker_id).is_none() => Kind::Crash,
+        kind => kind,
+    }
+}
+
+fn point_json(groups: &crate::groups::ConfirmedGroups, point: &StoredPoint, newest: bool) -> Value {
+    let group = match point.kind {
+        Kind::Group => groups.group_of(point.marker_id),
+        _ => None,
+    };
     json!({
         "id": point.id,
         "seq": point.seq,
         "time_unix_ms": point.time_unix_ms,
-        "kind": point.kind.as_str(),
+        "kind": effective_kind(groups, point).as_str(),
+        "group": group,
         "marker_id": point.marker_id,
         "latest": newest,
     })
@@ -118,6 +147,7 @@ fn points(store: &Store, only: Option<&str>) -> Result<Value, String> {
             return Err(unknown_disk(&disks, name));
         }
     }
+    let groups = store.groups.lock().expect("groups lock");
     let mut names: Vec<&String> =
         disks.keys().filter(|name| only.is_none_or(|o| o == *name)).collect();
     names.sort();
@@ -129,7 +159,7 @@ fn points(store: &Store, only: Option<&str>) -> Result<Value, String> {
             let points: Vec<Value> = all
                 .iter()
                 .enumerate()
-                .map(|(index, point)| point_json(point, index + 1 == all.len()))
+                .map(|(index, point)| point_json(&groups, point, index + 1 == all.len()))
                 .collect();
             json!({
                 "name": replica.name,
@@ -154,13 +184,20 @@ pub(crate) fn unknown_disk<V>(disks: &std::collections::HashMap<String, V>, name
 }
 
 /// `latest`, `latest-app`, `latest-group` or a point id.
+/// A group point counts as one only once the relay confirmed its marker for every disk.
 pub(crate) fn resolve_point(
+    store: &Store,
     points: &[StoredPoint],
     disk: &str,
     wanted: &str,
 ) -> Result<StoredPoint, String> {
+    let groups = store.groups.lock().expect("groups lock");
     let newest_of = |kind: Option<Kind>| {
-        points.iter().rev().find(|point| kind.is_none_or(|kind| point.kind == kind)).copied()
+        points
+            .iter()
+            .rev()
+            .find(|point| kind.is_none_or(|kind| effective_kind(&groups, point) == kind))
+            .copied()
     };
     let found = match wanted {
         "latest" => newest_of(None),
@@ -207,7 +244,7 @@ fn start_job(
         ));
     }
     let mut replica = replica.lock().expect("replica lock");
-    let point = resolve_point(&replica.points.points, disk, wanted)?;
+    let point = resolve_point(store, &replica.points.points, disk, wanted)?;
     replica.pin(point.id);
     let view = replica.view(point.seq);
     drop(replica);

@@ -7,6 +7,7 @@
 mod control;
 mod error;
 mod failover;
+mod groups;
 mod index;
 mod pointlog;
 mod recovery;
@@ -76,6 +77,7 @@ pub(crate) struct Store {
     jobs: Mutex<failover::Jobs>,
     /// Failed-over disks being served, by disk name.
     exports: Mutex<HashMap<String, nbdserve::Running>>,
+    groups: Mutex<groups::ConfirmedGroups>,
 }
 
 impl Store {
@@ -124,6 +126,9 @@ impl Store {
             broken,
             jobs: Mutex::new(failover::Jobs::default()),
             exports: Mutex::new(HashMap::new()),
+            groups: Mutex::new(groups::ConfirmedGroups::open(data_dir).map_err(|source| {
+                TargetError::Io { action: "read", path: data_dir.join("groups.json"), source }
+            })?),
         })
     }
 

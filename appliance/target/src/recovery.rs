@@ -91,7 +91,7 @@ pub(crate) fn start(
         ));
     }
     let point = match planned {
-        None => crate::control::resolve_point(&replica.points.points, disk, wanted)?,
+        None => crate::control::resolve_point(store, &replica.points.points, disk, wanted)?,
         Some(forwarded) => final_point(&replica, disk, forwarded)?,
     };
     replica.pin(point.id);
@@ -179,7 +179,7 @@ pub(crate) fn change_point(store: &Store, disk: &str, wanted: &str) -> Result<Va
             record.phase.as_str()
         ));
     }
-    let point = crate::control::resolve_point(&replica.points.points, disk, wanted)?;
+    let point = crate::control::resolve_point(store, &replica.points.points, disk, wanted)?;
     stop_serving(store, disk);
     let dir = replica.failover_dir();
     if dir.exists() {
