@@ -519,3 +519,89 @@ fn failing_freeze_thaws_and_takes_a_crash_consistent_point_with_a_warning() {
     let (points, _) = disk_points(&rig.cluster);
     assert!(points.iter().all(|point| point["kind"] != "app"), "{points:?}");
 }
+
+#[test]
+fn test_failover_of_an_ext4_point_mounts_checks_clean_and_leaves_no_trace() {
+    let tools = ["nbdfuse", "losetup", "mkfs.ext4", "e2fsck", "mount", "umount", "fusermount3"];
+    if !require_tools("ext4_test_failover", &tools) {
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() || !crate::tap::is_root() {
+        eprintln!("SKIPPED ext4_test_failover: this machine lacks /dev/fuse or root");
+        return;
+    }
+    let cluster = Cluster::start_with_target_config("points-ext4", KEEP_EVERY_POINT);
+    let logs = cluster.dir.subdir("logs");
+    let image = cluster.dir.join("ext4.img");
+    let make_fs = |tree: &Path, seed: u64| {
+        write_seeded_tree(tree, seed, 6 * MIB, MIB);
+        let _ = fs::remove_file(&image);
+        let mkfs = run_tool(
+            "mkfs.ext4",
+            &[
+                "-q".into(),
+                "-F".into(),
+                "-d".into(),
+                tree.into(),
+                image.clone().into(),
+                "64M".into(),
+            ],
+            &logs,
+            CLIENT_TIMEOUT,
+        );
+        assert!(mkfs.status.success(), "mkfs.ext4 failed\n{}", mkfs.describe());
+    };
+    let tree_a = cluster.dir.join("tree-a");
+    make_fs(&tree_a, 0xe4_a001);
+    let agent = cluster.agent("a", &[("d0", &image)]);
+    cluster.sync_once(&agent, "ext4 as of tree a");
+    let point_a = wait_new_point(&cluster, None);
+    std::thread::sleep(Duration::from_millis(1100));
+    let tree_b = cluster.dir.join("tree-b");
+    make_fs(&tree_b, 0xe4_b001);
+    cluster.sync_once(&agent, "ext4 as of tree b");
+    let point_b = wait_new_point(&cluster, Some(point_a));
+    let replica_before = cluster.dir.join("replica-before.img");
+    fs::copy(cluster.replica("d0"), &replica_before).expect("copy replica");
+
+    let socket = cluster.dir.join("ext4.sock");
+    let (job, uri) = start_test_failover(&cluster, &point_a.to_string(), &socket);
+    let attached = crate::tap::NbdLoop::attach(&uri, &cluster.dir, "point-a");
+    let device = attached.device.clone();
+    let fs_dir = attached.fs_dir.clone();
+    attached.sh(&format!("e2fsck -fn {device}"));
+    attached.sh(&format!("mount {device} {}", fs_dir.display()));
+    // The files as of the point: tree a, not tree b.
+    attached.sh(&format!("diff -r -x lost+found {} {}", tree_a.display(), fs_dir.display()));
+    attached.sh(&format!(
+        "echo written during the test > {0}/test-note && rm -r {0}/d0 && sync",
+        fs_dir.display()
+    ));
+    attached.sh(&format!("umount {}", fs_dir.display()));
+    attached.sh(&format!("e2fsck -fn {device}"));
+    attached.detach();
+    // The writes stayed in the export: the replica and both points are untouched.
+    assert_files_identical(&replica_before, &cluster.replica("d0"));
+    let jobs_dir = cluster.dir.join("target-data").join("jobs");
+    cleanup(&cluster, job);
+    assert!(
+        !jobs_dir.exists() || fs::read_dir(&jobs_dir).unwrap().next().is_none(),
+        "cleanup left files in {}",
+        jobs_dir.display()
+    );
+    let jobs = operate(&cluster, &["failover", "jobs"]);
+    assert_eq!(jobs["jobs"], serde_json::json!([]));
+    for (point, tree) in [(point_a, &tree_a), (point_b, &tree_b)] {
+        let (job, uri) = start_test_failover(&cluster, &point.to_string(), &socket);
+        let attached = crate::tap::NbdLoop::attach(&uri, &cluster.dir, &format!("again-{point}"));
+        attached.sh(&format!("e2fsck -fn {}", attached.device));
+        attached.sh(&format!("mount -o ro {} {}", attached.device, attached.fs_dir.display()));
+        attached.sh(&format!(
+            "diff -r -x lost+found {} {}",
+            tree.display(),
+            attached.fs_dir.display()
+        ));
+        attached.detach();
+        cleanup(&cluster, job);
+    }
+}

@@ -304,43 +304,17 @@ fn ext4_through_nbdfuse_and_loop_replica_passes_fsck() {
     }
     let rig = TapRig::start("tap-ext4", 128 * MIB, None);
     let dir = &rig.cluster.dir;
-    let mountpoint = dir.subdir("fuse");
-    let fs_dir = dir.subdir("fs");
-    let pidfile = dir.join("nbdfuse.pid");
     let logs = dir.subdir("logs");
-    let mut nbdfuse = Running::spawn_program(
-        &tool("nbdfuse"),
-        &["-P".into(), pidfile.clone().into(), mountpoint.join("disk").into(), rig.uri().into()],
-        &logs,
-        "nbdfuse",
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !pidfile.exists() || fs::metadata(&pidfile).map(|m| m.len()).unwrap_or(0) == 0 {
-        assert!(nbdfuse.is_running() && Instant::now() < deadline, "nbdfuse did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let sh = |command: &str| {
-        let finished = Running::spawn_program(
-            Path::new("/bin/sh"),
-            &["-c".into(), command.into()],
-            &logs,
-            "sh",
-        )
-        .wait(CLIENT_TIMEOUT)
-        .unwrap_or_else(|error| panic!("{command}: {error}"));
-        assert!(finished.status.success(), "{command} failed\n{}", finished.describe());
-        finished.stdout
-    };
-    let disk = mountpoint.join("disk");
-    let device = sh(&format!("losetup -f --show {}", disk.display())).trim().to_string();
-    let cleanup = scopeguard_loop(device.clone(), fs_dir.clone(), mountpoint.clone());
-    sh(&format!("mkfs.ext4 -q -F {device}"));
-    sh(&format!("mount {device} {}", fs_dir.display()));
+    let attached = NbdLoop::attach(&rig.uri(), dir, "tap");
+    let device = attached.device.clone();
+    let fs_dir = attached.fs_dir.clone();
+    attached.sh(&format!("mkfs.ext4 -q -F {device}"));
+    attached.sh(&format!("mount {device} {}", fs_dir.display()));
     let files = write_seeded_tree(&fs_dir.join("tree"), 0xe4_0001, 24 * MIB, 2 * MIB);
-    sh(&format!("cp -r {0}/tree {0}/copy && rm -rf {0}/tree/d1 && sync", fs_dir.display()));
+    attached
+        .sh(&format!("cp -r {0}/tree {0}/copy && rm -rf {0}/tree/d1 && sync", fs_dir.display()));
     eprintln!("wrote {files} files through ext4 on the tap");
-    drop(cleanup);
-    let _ = nbdfuse.wait(Duration::from_secs(20));
+    attached.detach();
     rig.converge("after the ext4 workload");
     let fsck = run_tool(
         "e2fsck",
@@ -357,15 +331,84 @@ pub(crate) fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Unmounts, detaches the loop device and unmounts nbdfuse on drop, also when a step panics.
-pub(crate) struct LoopCleanup {
+/// An NBD export as a block device: nbdfuse exposes it as a file, losetup makes that a loop
+/// device, `fs_dir` is where a test may mount it. Undone on `detach` or drop (also when a
+/// step panics).
+pub(crate) struct NbdLoop {
+    nbdfuse: Option<Running>,
+    cleanup: Option<LoopCleanup>,
+    pub(crate) device: String,
+    pub(crate) fs_dir: PathBuf,
+    logs: PathBuf,
+}
+
+impl NbdLoop {
+    pub(crate) fn attach(uri: &str, dir: &TestDir, label: &str) -> NbdLoop {
+        let mountpoint = dir.subdir(&format!("fuse-{label}"));
+        let fs_dir = dir.subdir(&format!("fs-{label}"));
+        let pidfile = dir.join(&format!("nbdfuse-{label}.pid"));
+        let logs = dir.subdir("logs");
+        let mut nbdfuse = Running::spawn_program(
+            &tool("nbdfuse"),
+            &["-P".into(), pidfile.clone().into(), mountpoint.join("disk").into(), uri.into()],
+            &logs,
+            "nbdfuse",
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !pidfile.exists() || fs::metadata(&pidfile).map(|m| m.len()).unwrap_or(0) == 0 {
+            assert!(nbdfuse.is_running() && Instant::now() < deadline, "nbdfuse did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut attached = NbdLoop {
+            nbdfuse: Some(nbdfuse),
+            cleanup: None,
+            device: String::new(),
+            fs_dir: fs_dir.clone(),
+            logs,
+        };
+        let disk = mountpoint.join("disk");
+        attached.device =
+            attached.sh(&format!("losetup -f --show {}", disk.display())).trim().to_string();
+        attached.cleanup =
+            Some(LoopCleanup { device: attached.device.clone(), fs_dir, fuse_dir: mountpoint });
+        attached
+    }
+
+    /// Runs a shell command, which must succeed; its standard output.
+    pub(crate) fn sh(&self, command: &str) -> String {
+        let finished = Running::spawn_program(
+            Path::new("/bin/sh"),
+            &["-c".into(), command.into()],
+            &self.logs,
+            "sh",
+        )
+        .wait(CLIENT_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{command}: {error}"));
+        assert!(finished.status.success(), "{command} failed\n{}", finished.describe());
+        finished.stdout
+    }
+
+    /// Unmounts, detaches the loop device, ends nbdfuse.
+    pub(crate) fn detach(mut self) {
+        drop(self.cleanup.take());
+        if let Some(nbdfuse) = self.nbdfuse.take() {
+            let _ = nbdfuse.wait(Duration::from_secs(20));
+        }
+    }
+}
+
+impl Drop for NbdLoop {
+    fn drop(&mut self) {
+        // The file system and the loop device go before nbdfuse does.
+        drop(self.cleanup.take());
+    }
+}
+
+/// Unmounts, detaches the loop device and unmounts nbdfuse on drop.
+struct LoopCleanup {
     device: String,
     fs_dir: PathBuf,
     fuse_dir: PathBuf,
-}
-
-pub(crate) fn scopeguard_loop(device: String, fs_dir: PathBuf, fuse_dir: PathBuf) -> LoopCleanup {
-    LoopCleanup { device, fs_dir, fuse_dir }
 }
 
 impl Drop for LoopCleanup {
