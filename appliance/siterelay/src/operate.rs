@@ -352,14 +352,18 @@ fn render_points(reply: &Value) -> String {
             points.len(),
             disk["journal_bytes"]
         );
-        out += &format!("  {:>8}  {:<23}  {:<6}  {:>10}\n", "ID", "TIME (UTC)", "KIND", "SEQUENCE");
+        out += &format!(
+            "  {:>8}  {:<23}  {:<6}  {:<16}  {:>10}\n",
+            "ID", "TIME (UTC)", "KIND", "GROUP", "SEQUENCE"
+        );
         for point in points {
             out += &format!(
-                "  {:>8}  {:<23}  {:<6}  {:>10}{}\n",
-                point["id"],
+                "  {:>8}  {:<23}  {:<6}  {:<16}  {:>10}{}\n",
+                point["id"].to_string(),
                 time(&point["time_unix_ms"]),
                 text(&point["kind"]),
-                point["seq"],
+                point["group"].as_str().unwrap_or("-"),
+                point["seq"].to_string(),
                 if point["latest"].as_bool() == Some(true) { "  latest" } else { "" }
             );
         }
@@ -387,10 +391,10 @@ fn render_jobs(reply: &Value) -> String {
         let place = job["export"].as_str().or(job["output"].as_str()).unwrap_or("");
         out += &format!(
             "{:>5}  {:<14}  {:<16}  {:>8}  {:<8}  {}\n",
-            job["id"],
+            job["id"].to_string(),
             text(&job["kind"]),
             text(&job["disk"]),
-            job["point"],
+            job["point"].to_string(),
             text(&job["state"]),
             place
         );
@@ -401,6 +405,22 @@ fn render_jobs(reply: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn points_render_as_a_table_with_their_group() {
+        let reply = json!({ "disks": [{ "name": "d0", "journal_bytes": 4096, "points": [
+            { "id": 3, "time_unix_ms": 0, "kind": "group", "group": "erp", "seq": 17, "latest": false },
+            { "id": 4, "time_unix_ms": 1000, "kind": "crash", "group": null, "seq": 20, "latest": true },
+        ]}]});
+        let table = render_points(&reply);
+        assert_eq!(
+            table,
+            "disk d0: 2 recovery points, journal 4096 bytes\n\
+             \x20       ID  TIME (UTC)               KIND    GROUP               SEQUENCE\n\
+             \x20        3  1970-01-01 00:00:00.000  group   erp                       17\n\
+             \x20        4  1970-01-01 00:00:01.000  crash   -                         20  latest\n"
+        );
+    }
 
     #[test]
     fn times_render_in_utc() {
