@@ -375,5 +375,12 @@ fn quickstart_runs_every_step_and_verifies() {
     let verified = finished.stdout.matches("verified: replica is identical to the source").count();
     assert_eq!(verified, 3, "three verifications expected\n{}", finished.describe());
     assert!(finished.stdout.contains("replica caught up"), "{}", finished.describe());
+    for line in [
+        "identical to the source; a write to the export left the replica untouched",
+        "test failover cleaned up",
+        "[7/7] done",
+    ] {
+        assert!(finished.stdout.contains(line), "missing {line:?}\n{}", finished.describe());
+    }
     assert!(!finished.stderr.contains("ERROR"), "{}", finished.describe());
 }

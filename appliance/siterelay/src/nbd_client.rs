@@ -49,14 +49,26 @@ impl NbdClient {
     }
 
     pub(crate) fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
-        self.request(CMD_WRITE, offset, data.len() as u32, data)
+        self.request(CMD_WRITE, offset, data.len() as u32, data, &mut [])
+    }
+
+    pub(crate) fn read(&mut self, offset: u64, into: &mut [u8]) -> Result<(), String> {
+        self.request(CMD_READ, offset, into.len() as u32, &[], into)
     }
 
     pub(crate) fn flush(&mut self) -> Result<(), String> {
-        self.request(CMD_FLUSH, 0, 0, &[])
+        self.request(CMD_FLUSH, 0, 0, &[], &mut [])
     }
 
-    fn request(&mut self, command: u16, offset: u64, len: u32, data: &[u8]) -> Result<(), String> {
+    /// One request; a read's data (simple reply: it follows the reply header) lands in `into`.
+    fn request(
+        &mut self,
+        command: u16,
+        offset: u64,
+        len: u32,
+        data: &[u8],
+        into: &mut [u8],
+    ) -> Result<(), String> {
         let handle = self.next_handle;
         self.next_handle += 1;
         let mut request = Vec::with_capacity(nbd::REQUEST_BYTES + data.len());
@@ -78,7 +90,7 @@ impl NbdClient {
         if error != 0 {
             return Err(format!("NBD command {command} failed with error {error}"));
         }
-        Ok(())
+        self.stream.read_exact(into).map_err(fail)
     }
 }
 
