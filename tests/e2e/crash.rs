@@ -66,7 +66,7 @@ fn trial_seeds(victim: Victim) -> Vec<u64> {
 }
 
 /// Bytes allocated on disk for `path` (0 if it does not exist yet).
-fn allocated_bytes(path: &Path) -> u64 {
+pub(crate) fn allocated_bytes(path: &Path) -> u64 {
     fs::metadata(path).map(|meta| meta.blocks() * 512).unwrap_or(0)
 }
 

@@ -20,5 +20,6 @@ mod harness;
 mod nbd_badinput;
 mod plans;
 mod points;
+mod prune_crash;
 mod sync;
 mod tap;

@@ -184,7 +184,8 @@ fn every_retained_point_reads_as_the_source_was_then() {
         ],
     );
     assert_files_identical(middle_snapshot, &raw);
-    let qcow2 = cluster.dir.join("point.qcow2");
+    // A qcow2 output named like a raw file (its temporary raw copy must not collide with it).
+    let qcow2 = cluster.dir.join("point-as-qcow2.raw");
     let qcow2_arg = qcow2.to_str().expect("utf-8");
     let args = [
         "failover",

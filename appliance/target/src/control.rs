@@ -344,8 +344,13 @@ fn materialize(
     }
     let reply = job.lock().expect("job lock").to_json();
     let format = format.to_string();
+    let job_dir = job.lock().expect("job lock").dir.clone();
     let spawned = std::thread::Builder::new().name("target-materialize".into()).spawn(move || {
-        let result = copy_out(&job, &view, &output, &format);
+        // Where the unfinished output is, for a restarted target to remove it.
+        let result = failover::record_partial(&job_dir, &output)
+            .map_err(|error| format!("cannot record the job in {}: {error}", job_dir.display()))
+            .and_then(|()| copy_out(&job, &view, &output, &format, &job_dir));
+        let _ = std::fs::remove_dir_all(&job_dir);
         let mut locked = job.lock().expect("job lock");
         match result {
             Ok(()) => {
@@ -368,13 +373,15 @@ fn copy_out(
     view: &crate::index::PointView,
     output: &std::path::Path,
     format: &str,
+    job_dir: &std::path::Path,
 ) -> Result<(), String> {
     let progress = |done: u64| job.lock().expect("job lock").done_bytes = done;
     if format == "raw" {
         return failover::write_raw(view, output, progress)
             .map_err(|error| format!("writing {}: {error}", output.display()));
     }
-    let raw = failover::partial_path(&output.with_extension("raw"));
+    // The raw copy qemu-img converts lives with the job (removed with it, also at restart).
+    let raw = job_dir.join("point.raw");
     failover::write_raw(view, &raw, progress)
         .map_err(|error| format!("writing {}: {error}", raw.display()))?;
     let partial = failover::partial_path(output);

@@ -113,9 +113,37 @@ pub(crate) fn jobs_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("jobs")
 }
 
-/// Removes what jobs of an earlier run of the target left behind.
+/// The file in a job's directory naming its unfinished output.
+const PARTIAL_RECORD: &str = "partial-output";
+
+/// Records (durably) that the job writes `output` through its `.partial` file.
+pub(crate) fn record_partial(job_dir: &Path, output: &Path) -> io::Result<()> {
+    fs::create_dir_all(job_dir)?;
+    let partial = partial_path(output);
+    let text = partial.to_str().ok_or_else(|| io::Error::other("output path is not UTF-8"))?;
+    fsio::write_atomic(&job_dir.join(PARTIAL_RECORD), text.as_bytes())
+}
+
+/// Removes what jobs of an earlier run of the target left behind: their directories, and the
+/// unfinished `.partial` outputs of materializations they record.
 pub(crate) fn remove_leftovers(data_dir: &Path) -> io::Result<()> {
     let dir = jobs_dir(data_dir);
+    if let Ok(entries) = fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let Ok(text) = fs::read_to_string(entry.path().join(PARTIAL_RECORD)) else { continue };
+            let partial = PathBuf::from(text.trim());
+            if partial.extension().is_some_and(|ext| ext == "partial") {
+                match fs::remove_file(&partial) {
+                    Ok(()) => log::warn!(
+                        "removed {}: a materialization the previous target run did not finish",
+                        partial.display()
+                    ),
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                    Err(error) => log::error!("cannot remove {}: {error}", partial.display()),
+                }
+            }
+        }
+    }
     match fs::remove_dir_all(&dir) {
         Ok(()) => {
             log::warn!("removed the files of jobs that ended with the previous target run");
