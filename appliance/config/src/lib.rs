@@ -24,6 +24,7 @@ mod tests;
 use serde::Deserialize;
 
 pub use error::ConfigError;
+pub use locate::line_column;
 pub use sections::{
     AgentConfig, DiskConfig, GroupConfig, LogConfig, LogLevel, RelayConfig, RetentionConfig,
     TargetConfig,

@@ -27,7 +27,7 @@ fn one_line(message: &str) -> String {
 
 /// 1-based line and character column of a byte offset. Never panics: an
 /// offset past the end or inside a UTF-8 sequence is clamped/rounded.
-pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text.as_bytes()[..offset.min(text.len())];
     let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let line = 1 + before.iter().filter(|&&b| b == b'\n').count();

@@ -283,17 +283,8 @@ fn check_action_text(text: &str, kind: &'static str, at: &ActionAt) -> Result<()
 /// every name to it keeps out path separators, hidden files and `.`/`..` wherever a plan,
 /// machine or group name ends up (job logs, reports).
 pub(crate) fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.chars().count() > NAME_LEN_MAX {
-        return Err(format!("must be 1 to {NAME_LEN_MAX} characters long"));
-    }
-    if name.starts_with('.') {
-        return Err("must not start with '.'".to_string());
-    }
-    let is_allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    match name.chars().find(|&c| !is_allowed(c)) {
-        None => Ok(()),
-        Some(c) => Err(format!("contains {c:?}; only A-Z, a-z, 0-9, '.', '_' and '-' are allowed")),
-    }
+    debug_assert_eq!(NAME_LEN_MAX, 64, "the target's disk-name rule allows 64 characters");
+    config::validate_disk_name(name)
 }
 
 /// Keeps toml's message and position but not its multi-line source snippet, which would
@@ -308,13 +299,4 @@ fn toml_error(text: &str, error: &toml::de::Error) -> PlanError {
     PlanError::Toml { line, column, message: lines.join("; ") }
 }
 
-/// 1-based line and character column of a byte offset. Never panics: an offset past the end
-/// is clamped, one inside a UTF-8 sequence counts the partial character.
-pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text.as_bytes()[..offset.min(text.len())];
-    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
-    // Count characters by counting bytes that are not UTF-8 continuations.
-    let column = 1 + before[line_start..].iter().filter(|&&b| b & 0xC0 != 0x80).count();
-    (line, column)
-}
+pub(crate) use config::line_column;

@@ -40,21 +40,8 @@ pub(crate) fn failover(rest: &[String]) -> Result<(), String> {
     };
     match sub.as_str() {
         "test" => {
-            const SPEC: &[(&str, bool)] = &[
-                ("connect", true),
-                ("disk", true),
-                ("point", true),
-                ("nbd-listen", true),
-                ("json", false),
-            ];
-            let args = Args::parse("failover test", rest, SPEC)?;
-            let addr = connect(&args, "failover test")?;
-            let request = json!({
-                "op": "test-failover",
-                "disk": required(&args, "disk", "failover test")?,
-                "point": args.value("point").unwrap_or("latest"),
-                "nbd_listen": required(&args, "nbd-listen", "failover test")?,
-            });
+            let (args, addr, request) =
+                point_export("test", rest, json!({ "op": "test-failover" }))?;
             let job = control(addr, request)?;
             print_job(&args, &job, "test failover ready")
         }
@@ -89,22 +76,8 @@ pub(crate) fn failover(rest: &[String]) -> Result<(), String> {
             print_job(&args, &done, "materialized")
         }
         "unplanned" => {
-            const SPEC: &[(&str, bool)] = &[
-                ("connect", true),
-                ("disk", true),
-                ("point", true),
-                ("nbd-listen", true),
-                ("json", false),
-            ];
-            let args = Args::parse("failover unplanned", rest, SPEC)?;
-            let addr = connect(&args, "failover unplanned")?;
-            let request = json!({
-                "op": "failover",
-                "kind": "unplanned",
-                "disk": required(&args, "disk", "failover unplanned")?,
-                "point": args.value("point").unwrap_or("latest"),
-                "nbd_listen": required(&args, "nbd-listen", "failover unplanned")?,
-            });
+            let base = json!({ "op": "failover", "kind": "unplanned" });
+            let (args, addr, request) = point_export("unplanned", rest, base)?;
             let record = control(addr, request)?;
             print_failover(&args, &record, "failed over")
         }
@@ -198,6 +171,29 @@ pub(crate) fn failover(rest: &[String]) -> Result<(), String> {
              planned, change-point, commit, release, jobs, cleanup)"
         )),
     }
+}
+
+/// `failover test|unplanned`: a point of a disk served at `--nbd-listen`; the request is
+/// `base` with the disk, point and address filled in.
+fn point_export(
+    sub: &str,
+    rest: &[String],
+    mut base: Value,
+) -> Result<(Args, SocketAddr, Value), String> {
+    const SPEC: &[(&str, bool)] = &[
+        ("connect", true),
+        ("disk", true),
+        ("point", true),
+        ("nbd-listen", true),
+        ("json", false),
+    ];
+    let command = format!("failover {sub}");
+    let args = Args::parse(&command, rest, SPEC)?;
+    let addr = connect(&args, &command)?;
+    base["disk"] = json!(required(&args, "disk", &command)?);
+    base["point"] = json!(args.value("point").unwrap_or("latest"));
+    base["nbd_listen"] = json!(required(&args, "nbd-listen", &command)?);
+    Ok((args, addr, base))
 }
 
 /// How long a planned failover waits by default for the relay to deliver a disk's backlog.
