@@ -32,6 +32,9 @@ use crate::pointlog::{MarkerEntry, PointLog, POINTS_MAX};
 
 /// Journal bytes per segment: pruning frees whole segments.
 pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
+/// Journaled extents indexed in memory per disk (about 50 bytes each, so at most ~200 MiB);
+/// beyond it the oldest points go early, as for `journal_bytes_max`.
+pub(crate) const JOURNAL_EXTENTS_MAX: usize = 4 << 20;
 /// Write bytes one maintenance step applies into the base before it syncs and records it.
 pub(crate) const PRUNE_STEP_BYTES: u64 = 256 << 20;
 /// Format 2: uncompressed journal kept for recovery points. Format 1 (no field) journals
@@ -720,7 +723,8 @@ impl Replica {
         keep.extend(self.pins.keys());
         // Over a limit, the oldest unpinned points go first, never the newest.
         let mut over_count = keep.len().saturating_sub(POINTS_MAX);
-        let mut over_bytes = self.index.bytes() > self.retention.journal_bytes_max;
+        let mut over_bytes = self.index.bytes() > self.retention.journal_bytes_max
+            || self.index.extents.len() > JOURNAL_EXTENTS_MAX;
         let newest = self.points.points.last().map(|point| point.id);
         for point in &self.points.points {
             if !(over_count > 0 || over_bytes) || Some(point.id) == newest {
@@ -732,7 +736,8 @@ impl Replica {
                 over_bytes = false;
                 log::warn!(
                     "replica {}: point {} dropped early: the journal is over \
-                     target.journal_bytes_max or the disk has over {POINTS_MAX} points",
+                     target.journal_bytes_max or {JOURNAL_EXTENTS_MAX} extents, or the disk has \
+                     over {POINTS_MAX} points",
                     self.name,
                     point.id
                 );
