@@ -23,3 +23,4 @@ mod points;
 mod prune_crash;
 mod sync;
 mod tap;
+mod update;

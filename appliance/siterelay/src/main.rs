@@ -9,6 +9,7 @@ mod quickstart;
 mod roles;
 mod signals;
 mod status;
+mod update_cli;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,10 @@ usage:
   siterelay plan continue --run-dir DIR
   siterelay plan cleanup --run-dir DIR
       Recovery plans (docs/PLANS.md): groups of machines in order, scripts, manual steps.
+  siterelay update lint [FILE]
+      Check a rollup matrix (default: the built-in config/rollups.toml).
+  siterelay update plan --component C --from V [--to V] [--scenario S] [--matrix FILE]
+      The shortest supported upgrade path under the N-4 rule (--help explains it).
   siterelay config check FILE
       Validate a configuration file (unknown keys and bad values with line and column).
   siterelay --version | --help
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
         "points" => operate::points(rest),
         "failover" => operate::failover(rest),
         "plan" => plan_run::run(rest),
+        "update" => update_cli::run(rest),
         "config" => roles::config(rest),
         "--version" | "version" => {
             println!("siterelay {}", env!("CARGO_PKG_VERSION"));
