@@ -76,3 +76,303 @@ fn plan_goes_stepwise_from_below_n_minus_4_and_refuses_by_name() {
     let help = plan(&["--help"]);
     assert!(help.stdout.contains("N-4, N-3, N-2 and N-1 go to N in"), "{}", help.stdout);
 }
+
+/// Keys, a threshold-2 root, and an installation of 0.1.0 in `DIR/state`.
+struct Release {
+    dir: TestDir,
+    logs: std::path::PathBuf,
+}
+
+impl Release {
+    fn new(label: &str) -> Release {
+        let dir = TestDir::new(label);
+        let logs = dir.subdir("logs");
+        let release = Release { dir, logs };
+        release.ok(&["bundle", "keygen", "--out", &release.path("k1")]);
+        release.ok(&["bundle", "keygen", "--out", &release.path("k2")]);
+        release.ok(&[
+            "bundle",
+            "root",
+            "--keys",
+            &release.keys(),
+            "--threshold",
+            "2",
+            "--version",
+            "1",
+            "--out",
+            &release.path("root/1.root.json"),
+        ]);
+        release.ok(&[
+            "update",
+            "init",
+            "--state-dir",
+            &release.path("state"),
+            "--root",
+            &release.path("root/1.root.json"),
+            "--version",
+            "0.1.0",
+            "--component",
+            "appliance-image=0.1.0",
+        ]);
+        release
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn keys(&self) -> String {
+        format!("{},{}", self.path("k1"), self.path("k2"))
+    }
+
+    fn run(&self, args: &[&str]) -> Finished {
+        run_siterelay(args, &self.logs, COMMAND_TIMEOUT)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let finished = self.run(args);
+        assert!(finished.status.success(), "siterelay {args:?}\n{}", finished.describe());
+        finished.stdout
+    }
+
+    fn refused(&self, args: &[&str], message: &str) {
+        let finished = self.run(args);
+        assert!(!finished.status.success(), "siterelay {args:?} passed\n{}", finished.describe());
+        assert_eq!(finished.stderr.trim(), format!("siterelay: {message}"), "{args:?}");
+    }
+
+    /// A bundle of `version` whose `siterelay` payload runs `script` (a shell body).
+    fn bundle(
+        &self,
+        name: &str,
+        version: &str,
+        bundle_version: u64,
+        script: &str,
+        extra: &[&str],
+    ) -> String {
+        let payloads = self.dir.subdir(&format!("payloads-{name}"));
+        let binary = payloads.join("siterelay");
+        fs::write(&binary, format!("#!/bin/sh\n{script}\n")).unwrap();
+        let mut args = vec![
+            "bundle".to_string(),
+            "create".into(),
+            "--out".into(),
+            self.path(name),
+            "--rollup".into(),
+            format!("SR-{version}"),
+            "--bundle-version".into(),
+            bundle_version.to_string(),
+            "--component".into(),
+            format!("appliance-image={version}"),
+            "--payload".into(),
+            binary.display().to_string(),
+            "--sign".into(),
+            self.keys(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ok(&refs);
+        self.path(name)
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::from_str(
+            &fs::read_to_string(self.dir.join("state/slots/boot-state.json")).unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+#[test]
+fn signed_bundle_installs_a_b_and_a_failed_health_check_rolls_back_by_itself() {
+    let release = Release::new("update-ab");
+    let state = release.path("state");
+    let good = release.bundle("good", "0.2.0", 2, "echo siterelay 0.2.0", &[]);
+    assert!(release
+        .ok(&["update", "apply", &good, "--state-dir", &state])
+        .contains("written to slot b"));
+    assert_eq!(
+        release.ok(&["update", "boot", "--state-dir", &state]),
+        "updated to 0.2.0 (slot b)\n"
+    );
+    assert_eq!(
+        (release.state()["active"].as_str(), release.state()["active_version"].as_str()),
+        (Some("b"), Some("0.2.0"))
+    );
+
+    // A new version that starts but fails its self check.
+    let failing = release.bundle("failing", "0.3.0", 3, "echo broken >&2; exit 3", &[]);
+    release.ok(&["update", "apply", &failing, "--state-dir", &state]);
+    let boot = release.ok(&["update", "boot", "--state-dir", &state]);
+    assert_eq!(
+        boot,
+        "update to 0.3.0 rolled back: its health check failed: it exited with exit status: 3\n\
+         running slot b (0.2.0)\n"
+    );
+    // One that never answers.
+    let hanging = release.bundle("hanging", "0.4.0", 4, "sleep 30", &[]);
+    release.ok(&["update", "apply", &hanging, "--state-dir", &state]);
+    let boot = release.ok(&["update", "boot", "--state-dir", &state, "--health-timeout", "1"]);
+    assert!(
+        boot.starts_with(
+            "update to 0.4.0 rolled back: its health check failed: it did not answer within 1s"
+        ),
+        "{boot}"
+    );
+    // One whose start kills the supervisor itself (power cut mid-trial): the next start
+    // finds the trial used up and goes back.
+    let killer = release.bundle("killer", "0.5.0", 5, "kill -9 $PPID; sleep 5", &[]);
+    release.ok(&["update", "apply", &killer, "--state-dir", &state]);
+    let crashed = release.run(&["update", "boot", "--state-dir", &state]);
+    assert!(!crashed.status.success(), "the supervisor was not killed\n{}", crashed.describe());
+    let boot = release.ok(&["update", "boot", "--state-dir", &state]);
+    assert_eq!(
+        boot,
+        "update to 0.5.0 rolled back: it started but never passed its health check\n\
+         running slot b (0.2.0)\n"
+    );
+    assert_eq!(release.state()["active_version"], "0.2.0");
+    // A rolled-back bundle can be applied again (and fails again, by itself).
+    release.ok(&["update", "apply", &failing, "--state-dir", &state]);
+    let status = release.ok(&["update", "status", "--state-dir", &state]);
+    assert!(status.contains("waiting for its first start: 0.3.0 in slot a"), "{status}");
+}
+
+#[test]
+fn bundles_are_refused_with_the_reason() {
+    let release = Release::new("update-refusals");
+    let state = release.path("state");
+    let root = release.path("root/1.root.json");
+    let good = release.bundle("good", "0.2.0", 2, "echo siterelay 0.2.0", &[]);
+    // Tampered payload.
+    let payload = release.dir.join("good/payloads/siterelay");
+    let mut bytes = fs::read(&payload).unwrap();
+    bytes[12] ^= 1;
+    fs::write(&payload, &bytes).unwrap();
+    let finished = release.run(&[
+        "bundle",
+        "verify",
+        &good,
+        "--root",
+        &root,
+        "--installed",
+        "appliance-image=0.1.0",
+    ]);
+    assert!(!finished.status.success());
+    assert!(
+        finished.stderr.contains("bundle: payload \"siterelay\" has sha256 "),
+        "{}",
+        finished.stderr
+    );
+    // Signed by one key of a threshold of two.
+    let one_key = release.path("k1");
+    let single = release.bundle("single", "0.2.0", 2, "echo siterelay 0.2.0", &[]);
+    fs::remove_dir_all(release.dir.join("single")).unwrap();
+    let binary = release.dir.join("payloads-single/siterelay").display().to_string();
+    release.ok(&[
+        "bundle",
+        "create",
+        "--out",
+        &single,
+        "--rollup",
+        "SR-0.2.0",
+        "--bundle-version",
+        "2",
+        "--component",
+        "appliance-image=0.2.0",
+        "--payload",
+        &binary,
+        "--sign",
+        &one_key,
+    ]);
+    let finished = release.run(&["update", "apply", &single, "--state-dir", &state]);
+    assert!(
+        finished.stderr.contains("below threshold: 2 of 2 required, 1 valid"),
+        "{}",
+        finished.stderr
+    );
+    // A hop the planner does not allow names the bundle that is missing.
+    let far = release.bundle("far", "0.9.0", 3, "echo siterelay 0.9.0", &[]);
+    release.refused(
+        &["update", "apply", &far, "--state-dir", &state],
+        "bundle: hop of \"appliance-image\" from \"0.1.0\" to \"0.9.0\" refused: 0.1.0 is too old \
+         for 0.9.0: the supported way is 0.1.0 -> 0.5.0 -> 0.9.0; apply the bundle(s) for 0.5.0 \
+         first (this one goes from 0.5.0 on)",
+    );
+    // Expired.
+    let expired =
+        release.bundle("expired", "0.2.0", 4, "echo siterelay 0.2.0", &["--expires-days", "0"]);
+    let finished = release.run(&["update", "apply", &expired, "--state-dir", &state]);
+    assert!(finished.stderr.contains("bundle: manifest expired at"), "{}", finished.stderr);
+    // Nothing above touched the installation.
+    assert_eq!(release.state()["trial"], serde_json::Value::Null);
+    assert_eq!(release.state()["active_version"], "0.1.0");
+}
+
+#[test]
+fn kill9_during_apply_leaves_the_old_slot_and_the_bundle_reappliable() {
+    let release = Release::new("update-kill");
+    let state = release.path("state");
+    // A large second payload makes apply take long enough to be killed inside it.
+    let big = release.dir.join("payloads-big");
+    fs::create_dir_all(&big).unwrap();
+    let mut data = vec![0u8; 96 << 20];
+    Rng::new(0x0bad_cafe).fill(&mut data);
+    fs::write(big.join("image.raw"), &data).unwrap();
+    let extra = ["--payload".to_string(), big.join("image.raw").display().to_string()];
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let bundle = release.bundle("big", "0.2.0", 2, "echo siterelay 0.2.0", &extra);
+    // How long a whole apply takes here, on a scratch installation: kills land within it.
+    let probe = release.path("probe");
+    release.ok(&[
+        "update",
+        "init",
+        "--state-dir",
+        &probe,
+        "--root",
+        &release.path("root/1.root.json"),
+        "--version",
+        "0.1.0",
+        "--component",
+        "appliance-image=0.1.0",
+    ]);
+    let started = std::time::Instant::now();
+    release.ok(&["update", "apply", &bundle, "--state-dir", &probe]);
+    let apply_ms = (started.elapsed().as_millis() as u64).max(20);
+    let mut rng = Rng::new(0x5eed_0006);
+    let mut killed_inside = 0;
+    for _ in 0..8 {
+        let args: Vec<std::ffi::OsString> =
+            ["update", "apply", &bundle, "--state-dir", &state].iter().map(Into::into).collect();
+        let mut running = Running::spawn(&args, &release.logs, "apply");
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(apply_ms)));
+        let inside = running.is_running();
+        drop(running); // SIGKILL
+        if !inside {
+            continue;
+        }
+        killed_inside += 1;
+        // The old slot is what starts, and nothing is half-scheduled.
+        let boot_state = release.state();
+        assert_eq!(boot_state["active"], "a");
+        if boot_state["trial"].is_null() {
+            assert_eq!(
+                release.ok(&["update", "boot", "--state-dir", &state]),
+                "running slot a (0.1.0)\n"
+            );
+        } else {
+            // Killed after the commit point: the trial is complete and verified.
+            break;
+        }
+    }
+    eprintln!("{killed_inside} kills landed inside apply (which takes {apply_ms} ms)");
+    assert!(killed_inside > 0, "no kill landed inside apply");
+    if release.state()["trial"].is_null() {
+        release.ok(&["update", "apply", &bundle, "--state-dir", &state]);
+    }
+    assert_eq!(
+        release.ok(&["update", "boot", "--state-dir", &state]),
+        "updated to 0.2.0 (slot b)\n"
+    );
+    assert_eq!(fs::read(release.dir.join("state/slots/slot-b/image.raw")).unwrap(), data);
+}

@@ -1,6 +1,7 @@
 //! `siterelay`: one binary for every role and tool of the appliance (design.md §1, §8).
 
 mod args;
+mod bundle_cli;
 mod logger;
 mod nbd_client;
 mod operate;
@@ -62,6 +63,17 @@ usage:
       Check a rollup matrix (default: the built-in config/rollups.toml).
   siterelay update plan --component C --from V [--to V] [--scenario S] [--matrix FILE]
       The shortest supported upgrade path under the N-4 rule (--help explains it).
+  siterelay update init --root FILE --component C=V ... [--state-dir DIR]
+  siterelay update apply BUNDLE-DIR [--state-dir DIR]
+  siterelay update boot [--state-dir DIR]
+  siterelay update status [--bundle DIR] [--state-dir DIR]
+      Signed bundles installed A/B: apply writes the inactive slot, boot tries it once and
+      keeps it only if it passes its health check, else goes back by itself.
+  siterelay bundle keygen --out FILE
+  siterelay bundle root --keys K,... --threshold N --version V --out FILE.root.json [--previous-keys K,...]
+  siterelay bundle create --out DIR --rollup ID --bundle-version N --component C=V ... --payload FILE ... --sign K ...
+  siterelay bundle verify DIR --root FILE [--installed C=V ...] [--installed-bundle-version N]
+      Release tooling for signed update bundles (docs/BUNDLES.md).
   siterelay config check FILE
       Validate a configuration file (unknown keys and bad values with line and column).
   siterelay --version | --help
@@ -84,6 +96,7 @@ fn main() -> ExitCode {
         "failover" => operate::failover(rest),
         "plan" => plan_run::run(rest),
         "update" => update_cli::run(rest),
+        "bundle" => bundle_cli::run(rest),
         "config" => roles::config(rest),
         "--version" | "version" => {
             println!("siterelay {}", env!("CARGO_PKG_VERSION"));

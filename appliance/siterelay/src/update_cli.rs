@@ -1,7 +1,25 @@
-//! `siterelay update lint | plan`: the rollup compatibility matrix (config/rollups.toml,
-//! built in; `--matrix FILE` reads another) and the upgrade planner with the N-4 rule.
+//! `siterelay update lint | plan | init | apply | boot | status`: the rollup compatibility
+//! matrix (config/rollups.toml, built in; `--matrix FILE` reads another), the upgrade planner
+//! with the N-4 rule, and the A/B installation of signed bundles.
+//!
+//! State directory (`--state-dir`, default /var/lib/siterelay/update): `root.json` (the
+//! trusted root), `installed.json` (component versions of the first installation),
+//! `slots/` (slot-a, slot-b, boot-state.json; each slot holds its bundle's payloads and its
+//! `manifest.json`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use update::{BootState, DirSlots, Slots, Start};
 
 use crate::args::Args;
+
+const STATE_DIR_DEFAULT: &str = "/var/lib/siterelay/update";
+/// The payload a slot must hold: the appliance's binary, started for the health check.
+const BINARY_PAYLOAD: &str = "siterelay";
+const SLOT_MANIFEST: &str = "manifest.json";
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The matrix this build ships with.
 const BUILTIN_MATRIX: &str = include_str!("../../../config/rollups.toml");
@@ -25,8 +43,18 @@ pub(crate) fn run(rest: &[String]) -> Result<(), String> {
     match sub.as_str() {
         "lint" => lint(rest),
         "plan" => plan(rest),
-        other => Err(format!("update: unknown subcommand {other:?} (expected lint, plan)")),
+        "init" => init(rest),
+        "apply" => apply(rest),
+        "boot" => boot(rest),
+        "status" => status(rest),
+        other => Err(format!(
+            "update: unknown subcommand {other:?} (expected lint, plan, init, apply, boot, status)"
+        )),
     }
+}
+
+pub(crate) fn load_matrix(path: Option<&str>) -> Result<rollup::Matrix, String> {
+    load(path).map(|(_, matrix)| matrix)
 }
 
 fn load(path: Option<&str>) -> Result<(String, rollup::Matrix), String> {
@@ -80,5 +108,297 @@ fn plan(rest: &[String]) -> Result<(), String> {
     let hops = rollup::plan(&matrix, component, from, args.value("to"), args.value("scenario"))
         .map_err(|error| error.to_string())?;
     print!("{}", rollup::render_plan(component, &hops));
+    Ok(())
+}
+
+struct UpdateState {
+    dir: PathBuf,
+    slots: DirSlots,
+}
+
+impl UpdateState {
+    fn open(args: &Args) -> UpdateState {
+        let dir = PathBuf::from(args.value("state-dir").unwrap_or(STATE_DIR_DEFAULT));
+        let slots = DirSlots::new(&dir.join("slots"));
+        UpdateState { dir, slots }
+    }
+
+    fn boot_state(&self) -> Result<BootState, String> {
+        self.slots
+            .load_state()
+            .map_err(|error| format!("{}: {error}", self.dir.display()))?
+            .ok_or_else(|| {
+                format!(
+                    "{} holds no installation; run `siterelay update init` first",
+                    self.dir.display()
+                )
+            })
+    }
+
+    fn save(&self, state: &BootState) -> Result<(), String> {
+        self.slots.save_state(state).map_err(|error| format!("{}: {error}", self.dir.display()))
+    }
+
+    fn root(&self) -> Result<bundle::Root, String> {
+        crate::bundle_cli::read_root(self.dir.join("root.json").to_str().unwrap_or("root.json"))
+    }
+
+    /// The component versions the active slot runs.
+    fn installed(&self, state: &BootState) -> Result<BTreeMap<String, String>, String> {
+        if let Ok(body) = self.slots.read_slot_file(state.active, SLOT_MANIFEST) {
+            let manifest = bundle::Manifest::parse(&body).map_err(|error| error.to_string())?;
+            return Ok(manifest.components);
+        }
+        let path = self.dir.join("installed.json");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+        serde_json::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))
+    }
+}
+
+const STATE_SPEC: (&str, bool) = ("state-dir", true);
+
+/// `update init --root FILE --version V --component C=V ...`: records the running
+/// installation (slot a) and the root it trusts.
+fn init(rest: &[String]) -> Result<(), String> {
+    let args = Args::parse(
+        "update init",
+        rest,
+        &[STATE_SPEC, ("root", true), ("version", true), ("component", true)],
+    )?;
+    let state = UpdateState::open(&args);
+    if state.slots.load_state().ok().flatten().is_some() {
+        return Err(format!("{} already holds an installation", state.dir.display()));
+    }
+    let root = crate::bundle_cli::read_root(
+        args.value("root").ok_or("update init: --root FILE is required")?,
+    )?;
+    let version = args.value("version").unwrap_or(env!("CARGO_PKG_VERSION"));
+    let components: BTreeMap<String, String> = args
+        .values("component")
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(c, v)| (c.to_string(), v.to_string()))
+                .ok_or_else(|| format!("--component {pair:?}: expected COMPONENT=VERSION"))
+        })
+        .collect::<Result<_, _>>()?;
+    std::fs::create_dir_all(&state.dir)
+        .map_err(|error| format!("{}: {error}", state.dir.display()))?;
+    let write = |name: &str, bytes: &[u8]| {
+        fsio::write_atomic(&state.dir.join(name), bytes).map_err(|error| format!("{name}: {error}"))
+    };
+    write("root.json", &root.encode().map_err(|error| error.to_string())?)?;
+    write("installed.json", serde_json::to_string_pretty(&components).expect("json").as_bytes())?;
+    state.save(&BootState::new(version))?;
+    println!(
+        "installation {version} recorded in {} (root version {})",
+        state.dir.display(),
+        root.version
+    );
+    Ok(())
+}
+
+/// `update apply BUNDLE`: verify everything, write the inactive slot, verify it there, and
+/// schedule it to be tried at the next start. Nothing the running slot uses is touched.
+fn apply(rest: &[String]) -> Result<(), String> {
+    let Some((path, rest)) = rest.split_first() else {
+        return Err("update apply: expected BUNDLE-DIR".into());
+    };
+    let args = Args::parse("update apply", rest, &[STATE_SPEC, ("matrix", true)])?;
+    let state = UpdateState::open(&args);
+    let boot = state.boot_state()?;
+    let matrix = load_matrix(args.value("matrix"))?;
+    let installed = state.installed(&boot)?;
+    let verified = crate::bundle_cli::verify_bundle(
+        Path::new(path),
+        &state.root()?,
+        boot.installed_bundle_version,
+        &installed,
+        &matrix,
+    )?;
+    let manifest = &verified.manifest;
+    let slot = boot.may_install(manifest.bundle_version).map_err(|error| error.to_string())?;
+    if manifest.payload(BINARY_PAYLOAD).is_none() {
+        return Err(format!("the bundle has no {BINARY_PAYLOAD:?} payload to start"));
+    }
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for payload in &manifest.payloads {
+        let file = verified.dir.payload_path(payload);
+        let bytes = std::fs::read(&file).map_err(|error| format!("{}: {error}", file.display()))?;
+        files.push((payload.name.clone(), bytes));
+    }
+    files.push((SLOT_MANIFEST.to_string(), verified.dir.manifest.body.clone()));
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    state
+        .slots
+        .write_slot(slot, &refs)
+        .map_err(|error| format!("writing slot {}: {error}", slot.as_str()))?;
+    // What is in the slot now, read back, is what gets started.
+    for payload in &manifest.payloads {
+        let bytes = state
+            .slots
+            .read_slot_file(slot, &payload.name)
+            .map_err(|error| format!("reading slot {} back: {error}", slot.as_str()))?;
+        bundle::verify_payload(manifest, &payload.name, &bytes)
+            .map_err(|error| format!("slot {} after writing: {error}", slot.as_str()))?;
+    }
+    let version = manifest.components.get("appliance-image").unwrap_or(&manifest.rollup).clone();
+    let next = boot
+        .schedule_trial(&version, manifest.bundle_version)
+        .map_err(|error| error.to_string())?;
+    if verified.root.version > state.root()?.version {
+        let body = verified.root.encode().map_err(|error| error.to_string())?;
+        fsio::write_atomic(&state.dir.join("root.json"), &body)
+            .map_err(|error| format!("root.json: {error}"))?;
+    }
+    state.save(&next)?;
+    println!(
+        "update {} ({version}) written to slot {} and verified; it is tried at the next start (siterelay update boot)",
+        manifest.rollup,
+        slot.as_str()
+    );
+    Ok(())
+}
+
+/// Runs `program --version` for at most `timeout`; its standard output.
+fn run_version(program: &Path, timeout: Duration) -> Result<String, String> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(program)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|error| format!("cannot start {}: {error}", program.display()))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait().map_err(|error| error.to_string())? {
+            Some(status) => {
+                let mut out = String::new();
+                if let Some(mut stdout) = child.stdout.take() {
+                    let _ = stdout.read_to_string(&mut out);
+                }
+                return if status.success() {
+                    Ok(out)
+                } else {
+                    Err(format!("it exited with {status}"))
+                };
+            }
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("it did not answer within {timeout:?}"));
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// `update boot`: what the appliance runs at start. A scheduled update gets its one start:
+/// its binary must start and report its version, then it becomes the active slot; anything
+/// else (including this process dying first) goes back to the old slot.
+fn boot(rest: &[String]) -> Result<(), String> {
+    let args = Args::parse("update boot", rest, &[STATE_SPEC, ("health-timeout", true)])?;
+    let state = UpdateState::open(&args);
+    let boot = state.boot_state()?;
+    let timeout = args.parsed::<u64>("health-timeout")?.map_or(HEALTH_TIMEOUT, Duration::from_secs);
+    let (start, next) = boot.start();
+    // The start is used up before anything runs: a crash from here on is a failed trial.
+    state.save(&next)?;
+    match start {
+        Start::Active(slot) => {
+            if let Some(outcome) = next.last_outcome.as_deref().filter(|_| boot.trial.is_some()) {
+                println!("{outcome}");
+            }
+            println!("running slot {} ({})", slot.as_str(), next.active_version);
+            Ok(())
+        }
+        Start::Trial(slot) => {
+            let trial = boot.trial.clone().expect("a trial start has a trial");
+            let binary = state.slots.slot_file(slot, BINARY_PAYLOAD);
+            let health = run_version(&binary, timeout).and_then(|out| {
+                if out.contains(&trial.version) {
+                    Ok(())
+                } else {
+                    Err(format!("it reports {:?}, not {}", out.trim(), trial.version))
+                }
+            });
+            match health {
+                Ok(()) => {
+                    let confirmed = next.confirm().map_err(|error| error.to_string())?;
+                    state.save(&confirmed)?;
+                    println!("updated to {} (slot {})", trial.version, slot.as_str());
+                }
+                Err(reason) => {
+                    let reason = format!("its health check failed: {reason}");
+                    let rejected = next.reject(&reason).map_err(|error| error.to_string())?;
+                    state.save(&rejected)?;
+                    println!("update to {} rolled back: {reason}", trial.version);
+                    println!(
+                        "running slot {} ({})",
+                        rejected.active.as_str(),
+                        rejected.active_version
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `update status [--bundle DIR]`: the installation, each component's support state and
+/// next hop, and whether a verified newer bundle is at hand.
+fn status(rest: &[String]) -> Result<(), String> {
+    let args =
+        Args::parse("update status", rest, &[STATE_SPEC, ("matrix", true), ("bundle", true)])?;
+    let state = UpdateState::open(&args);
+    let boot = state.boot_state()?;
+    let matrix = load_matrix(args.value("matrix"))?;
+    let installed = state.installed(&boot)?;
+    println!(
+        "slot {} active ({}), bundle version {}, root version {}",
+        boot.active.as_str(),
+        boot.active_version,
+        boot.installed_bundle_version,
+        state.root()?.version
+    );
+    if let Some(trial) = &boot.trial {
+        println!("waiting for its first start: {} in slot {}", trial.version, trial.slot.as_str());
+    }
+    if let Some(outcome) = &boot.last_outcome {
+        println!("last update: {outcome}");
+    }
+    for (component, version) in &installed {
+        let support = match rollup::support_state(&matrix, component, version, None) {
+            rollup::SupportState::Current => "current".to_string(),
+            rollup::SupportState::Supported { behind } => format!("supported (N-{behind})"),
+            rollup::SupportState::OutOfSupport { behind } => format!("out of support (N-{behind})"),
+            rollup::SupportState::Newer => "newer than the matrix".to_string(),
+            rollup::SupportState::Unknown => "not in the matrix".to_string(),
+        };
+        let next = match rollup::plan(&matrix, component, version, None, None) {
+            Ok(hops) => {
+                hops.first().map_or_else(String::new, |hop| format!(", next hop {}", hop.to))
+            }
+            Err(_) => String::new(),
+        };
+        println!("  {component} {version}: {support}{next}");
+    }
+    if let Some(path) = args.value("bundle") {
+        match crate::bundle_cli::verify_bundle(
+            Path::new(path),
+            &state.root()?,
+            boot.installed_bundle_version,
+            &installed,
+            &matrix,
+        ) {
+            Ok(verified) => println!(
+                "update available: {} (bundle version {})",
+                verified.manifest.rollup, verified.manifest.bundle_version
+            ),
+            Err(reason) => println!("bundle {path} cannot be applied: {reason}"),
+        }
+    }
     Ok(())
 }
