@@ -376,3 +376,132 @@ fn kill9_during_apply_leaves_the_old_slot_and_the_bundle_reappliable() {
     );
     assert_eq!(fs::read(release.dir.join("state/slots/slot-b/image.raw")).unwrap(), data);
 }
+
+fn node_config(release: &Release, site: &str, node: &str) -> String {
+    let path = release.dir.join(&format!("{node}.toml"));
+    let state = release.path(&format!("state-{node}"));
+    release.ok(&[
+        "update",
+        "init",
+        "--state-dir",
+        &state,
+        "--root",
+        &release.path("root/1.root.json"),
+        "--version",
+        "0.1.0",
+        "--component",
+        "appliance-image=0.1.0",
+    ]);
+    fs::write(
+        &path,
+        format!(
+            "[appliance]\nsite = \"{site}\"\nnode = \"{node}\"\nupdate_state_dir = \"{state}\"\n"
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+/// Applies `bundle` on `node` (with `extra` order flags), starts it once, restarts its process.
+fn update_node(release: &Release, server: &mut Server, node: &str, bundle: &str, extra: &[&str]) {
+    let state = release.path(&format!("state-{node}"));
+    let mut args = vec!["update", "apply", bundle, "--state-dir", &state];
+    args.extend_from_slice(extra);
+    release.ok(&args);
+    let boot = release.ok(&["update", "boot", "--state-dir", &state]);
+    assert!(boot.starts_with("updated to"), "{boot}");
+    server.kill();
+    server.restart_after(std::time::Duration::ZERO);
+}
+
+fn wait_status(
+    addr: std::net::SocketAddr,
+    logs: &std::path::Path,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = status_json(addr, logs);
+        if check(&status) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn recovery_site_first_and_cluster_nodes_hop_together() {
+    let release = Release::new("update-order");
+    let logs = release.logs.clone();
+    let target_config = node_config(&release, "dr", "t1");
+    let mut target = Server::target_with(
+        &release.dir.join("t1-data"),
+        &release.dir.subdir("t1"),
+        &["--config", &target_config],
+    );
+    target.start();
+    let mut relays = Vec::new();
+    for node in ["r1", "r2"] {
+        let config = node_config(&release, "primary", node);
+        let mut relay = Server::relay_with(
+            target.addr(),
+            &release.dir.join(&format!("{node}-cache")),
+            &release.dir.subdir(node),
+            &["--config", &config],
+        );
+        relay.start();
+        relays.push(relay);
+    }
+    let (r1_addr, r2_addr) = (relays[0].addr().to_string(), relays[1].addr().to_string());
+    for relay in &relays {
+        wait_status(relay.addr(), &logs, "relay sees its target", |s| {
+            s["target"]["version"] == "0.1.0"
+        });
+    }
+    let v2 = release.bundle("v2", "0.2.0", 2, "echo siterelay 0.2.0", &[]);
+    let v3 = release.bundle("v3", "0.3.0", 3, "echo siterelay 0.3.0", &[]);
+    let r1_state = release.path("state-r1");
+
+    // The primary first: refused.
+    release.refused(
+        &["update", "apply", &v2, "--state-dir", &r1_state, "--relay", &r1_addr],
+        "the recovery site (target t1) runs 0.1.0; update it to 0.2.0 first (the recovery site \
+         is updated before the primary)",
+    );
+    // The recovery site, then the primary.
+    update_node(&release, &mut target, "t1", &v2, &[]);
+    wait_status(relays[0].addr(), &logs, "r1 sees t1 at 0.2.0", |s| {
+        s["target"]["version"] == "0.2.0"
+    });
+    update_node(&release, &mut relays[0], "r1", &v2, &["--relay", &r1_addr]);
+    update_node(&release, &mut target, "t1", &v3, &[]);
+    wait_status(target.addr(), &logs, "t1 sees both relays", |s| {
+        s["relays"].as_array().is_some_and(|relays| relays.len() == 2)
+    });
+    wait_status(relays[0].addr(), &logs, "r1 sees t1 at 0.3.0", |s| {
+        s["target"]["version"] == "0.3.0"
+    });
+    // r1 may not take its next hop while r2, of the same site, lags behind.
+    release.refused(
+        &["update", "apply", &v3, "--state-dir", &r1_state, "--relay", &r1_addr],
+        "node r2 of site primary runs 0.1.0, below 0.2.0: every node takes the hop to 0.2.0 \
+         before any node takes the next",
+    );
+    update_node(&release, &mut relays[1], "r2", &v2, &["--relay", &r2_addr]);
+    wait_status(target.addr(), &logs, "t1 sees r2 at 0.2.0", |s| {
+        s["relays"].as_array().is_some_and(|relays| relays.iter().all(|r| r["version"] == "0.2.0"))
+    });
+    update_node(&release, &mut relays[0], "r1", &v3, &["--relay", &r1_addr]);
+    wait_status(relays[0].addr(), &logs, "r1 announces 0.3.0", |s| s["version"] == "0.3.0");
+    // An agent never gets ahead of its relay.
+    node_config(&release, "primary", "a1");
+    release.refused(
+        &["update", "apply", &v3, "--state-dir", &release.path("state-a1"), "--agent-of", &r2_addr],
+        &format!(
+            "the relay at {r2_addr} runs 0.2.0; an agent is never newer than its relay (update \
+             the relay first)"
+        ),
+    );
+}

@@ -275,7 +275,8 @@ fn progress_bar(
     bar
 }
 
-fn hostname() -> String {
+/// This machine's host name (the default node name).
+pub fn hostname() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let name = name.trim();
     let name = if name.is_empty() { "agent" } else { name };

@@ -26,8 +26,8 @@ use serde::Deserialize;
 pub use error::ConfigError;
 pub use locate::line_column;
 pub use sections::{
-    AgentConfig, DiskConfig, GroupConfig, LogConfig, LogLevel, RelayConfig, RetentionConfig,
-    TargetConfig,
+    AgentConfig, ApplianceConfig, DiskConfig, GroupConfig, LogConfig, LogLevel, RelayConfig,
+    RetentionConfig, TargetConfig,
 };
 pub use size::{format_byte_size, parse_byte_size};
 pub use validate::validate_disk_name;
@@ -42,6 +42,8 @@ pub const DEFAULT_TOML: &str = include_str!("../../../config/appliance.toml");
 pub struct Config {
     /// `[log]`
     pub log: LogConfig,
+    /// `[appliance]`
+    pub appliance: ApplianceConfig,
     /// `[relay]`
     pub relay: RelayConfig,
     /// `[target]`

@@ -73,6 +73,29 @@ pub struct LogConfig {
     pub level: LogLevel,
 }
 
+/// `[appliance]`: who this node is, for update ordering and cluster membership.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApplianceConfig {
+    /// The site this node belongs to: nodes of one role at one site form a cluster.
+    pub site: String,
+    /// This node's name (default: the host name).
+    pub node: String,
+    /// The update state (slots, trusted root); its active version is the version this node
+    /// announces.
+    pub update_state_dir: PathBuf,
+}
+
+impl Default for ApplianceConfig {
+    fn default() -> Self {
+        ApplianceConfig {
+            site: String::new(),
+            node: String::new(),
+            update_state_dir: PathBuf::from("/var/lib/siterelay/update"),
+        }
+    }
+}
+
 /// `[relay]`: the middle hop that caches writes durably and forwards them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

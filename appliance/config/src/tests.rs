@@ -49,7 +49,7 @@ fn empty_text_is_default() {
 
 #[test]
 fn default_file_documents_every_key() {
-    for section in ["log", "relay", "target", "agent"] {
+    for section in ["log", "appliance", "relay", "target", "agent"] {
         let keys = valid_keys(section);
         assert!(!keys.is_empty(), "no keys found for [{section}]");
         for key in keys.iter().filter(|key| !["disk", "retention", "group"].contains(&key.as_str()))
@@ -85,7 +85,7 @@ fn unknown_top_level_key_lists_sections() {
     let (line, column, message) = syntax_error("# comment\nfoo = 1\n");
     assert_eq!((line, column), (2, 1));
     assert!(message.starts_with("unknown field `foo`"), "{message}");
-    assert!(message.contains("expected one of `log`, `relay`, `target`, `agent`"));
+    assert!(message.contains("expected one of `log`, `appliance`, `relay`, `target`, `agent`"));
 }
 
 #[test]

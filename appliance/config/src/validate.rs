@@ -18,6 +18,13 @@ const DISK_NAME_LEN_MAX: usize = 64;
 const AGENT_DISKS_MAX: usize = 65_536;
 
 pub(crate) fn validate_config(config: &Config) -> Result<(), ConfigError> {
+    for (key, name) in
+        [("appliance.site", &config.appliance.site), ("appliance.node", &config.appliance.node)]
+    {
+        if !name.is_empty() {
+            validate_disk_name(name).map_err(|reason| invalid(key, toml_string(name), &reason))?;
+        }
+    }
     validate_relay(&config.relay)?;
     validate_target(&config.target)?;
     validate_agent(&config.agent)

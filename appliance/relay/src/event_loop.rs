@@ -79,6 +79,8 @@ struct Conn {
     closing: bool,
     /// Hello answered, resume positions not sent yet (see `on_hello`).
     positions_pending: bool,
+    /// Who the peer said it is in its Hello (version, site, node), for update ordering.
+    pub(crate) peer_identity: Option<wire::Identity>,
     /// When bytes last arrived: a peer silent for several heartbeats is presumed gone (a cut
     /// link can leave TCP waiting for hours).
     last_heard: Instant,
@@ -99,6 +101,7 @@ impl Conn {
             agent_disks: Vec::new(),
             closing: false,
             positions_pending: false,
+            peer_identity: None,
             last_heard: Instant::now(),
         }
     }
@@ -481,6 +484,7 @@ impl Relay {
         let conn = self.conns.get_mut(&id).expect("live connection");
         conn.role = role;
         conn.agent_disks = agent_disks;
+        conn.peer_identity = Some(identity_of(hello));
         conn.push(&Frame::Hello(wire::Hello::ours(Role::Relay, "relay", Vec::new())));
         // The first Ack tells the agent where to resume; it waits until frames of an earlier
         // connection for these disks are durable, or the agent would reuse their sequences.
@@ -1079,6 +1083,7 @@ impl Relay {
                 self.target.failures = 0;
                 if let Some(conn) = self.conns.get_mut(&link_id) {
                     conn.role = ConnRole::Target { greeted: true };
+                    conn.peer_identity = Some(identity_of(&hello));
                 }
             }
             Frame::Ack(entries) => {
@@ -1385,6 +1390,14 @@ impl Relay {
     }
 }
 
+fn identity_of(hello: &wire::Hello<'_>) -> wire::Identity {
+    wire::Identity {
+        product_version: hello.product_version.to_string(),
+        site_id: hello.site_id.to_string(),
+        node_id: hello.node_id.to_string(),
+    }
+}
+
 fn check_disk_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.starts_with('.') {
         return Err("must not be empty or start with '.'");
@@ -1399,6 +1412,20 @@ fn check_disk_name(name: &str) -> Result<(), &'static str> {
 impl Relay {
     pub(crate) fn target_address(&self) -> std::net::SocketAddr {
         self.options.target
+    }
+
+    /// The target's identity from its Hello, while connected.
+    pub(crate) fn target_identity(&self) -> Option<&wire::Identity> {
+        self.target.conn.and_then(|id| self.conns.get(&id)).and_then(|c| c.peer_identity.as_ref())
+    }
+
+    /// The identities of the connected agents.
+    pub(crate) fn agent_identities(&self) -> Vec<&wire::Identity> {
+        self.conns
+            .values()
+            .filter(|conn| conn.role == ConnRole::Agent)
+            .filter_map(|conn| conn.peer_identity.as_ref())
+            .collect()
     }
 
     pub(crate) fn target_connected(&self) -> bool {

@@ -2,6 +2,11 @@
 
 use crate::event_loop::Relay;
 
+/// The installed version this process announces.
+fn own_version() -> &'static str {
+    wire::identity().map_or(env!("CARGO_PKG_VERSION"), |id| id.product_version.as_str())
+}
+
 pub(crate) fn status_json(relay: &Relay) -> String {
     let disks: Vec<serde_json::Value> = relay
         .disks
@@ -31,9 +36,20 @@ pub(crate) fn status_json(relay: &Relay) -> String {
         .collect();
     serde_json::json!({
         "role": "relay",
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": own_version(),
+        "site": wire::identity().map_or("", |id| id.site_id.as_str()),
+        "node": wire::identity().map_or("", |id| id.node_id.as_str()),
         "uptime_secs": relay.started.elapsed().as_secs(),
-        "target": { "address": relay.target_address().to_string(), "connected": relay.target_connected() },
+        "target": {
+            "address": relay.target_address().to_string(),
+            "connected": relay.target_connected(),
+            "version": relay.target_identity().map(|id| id.product_version.clone()),
+            "site": relay.target_identity().map(|id| id.site_id.clone()),
+            "node": relay.target_identity().map(|id| id.node_id.clone()),
+        },
+        "agents": relay.agent_identities().iter().map(|id| serde_json::json!({
+            "node": id.node_id, "site": id.site_id, "version": id.product_version,
+        })).collect::<Vec<_>>(),
         "cache": {
             "dir": relay.cache.dir,
             "bytes_used": relay.cache.bytes_used(),

@@ -24,7 +24,26 @@ fn read_config(path: &Path) -> Result<Config, String> {
 fn validated(config: Config) -> Result<Config, String> {
     config.validate().map_err(|error| format!("invalid settings: {error}"))?;
     logger_from(&config);
+    announce(&config.appliance);
     Ok(config)
+}
+
+/// The version, site and node this process names in its Hellos: the active slot's version
+/// when `siterelay update` manages this node, else the build's.
+fn announce(appliance: &config::ApplianceConfig) {
+    use update::Slots;
+    let slots = update::DirSlots::new(&appliance.update_state_dir.join("slots"));
+    let version = slots
+        .load_state()
+        .ok()
+        .flatten()
+        .map_or_else(|| env!("CARGO_PKG_VERSION").to_string(), |state| state.active_version);
+    let node = if appliance.node.is_empty() { agent::hostname() } else { appliance.node.clone() };
+    wire::set_identity(wire::Identity {
+        product_version: version,
+        site_id: appliance.site.clone(),
+        node_id: node,
+    });
 }
 
 fn logger_from(config: &Config) {

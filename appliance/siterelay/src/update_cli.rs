@@ -205,7 +205,11 @@ fn apply(rest: &[String]) -> Result<(), String> {
     let Some((path, rest)) = rest.split_first() else {
         return Err("update apply: expected BUNDLE-DIR".into());
     };
-    let args = Args::parse("update apply", rest, &[STATE_SPEC, ("matrix", true)])?;
+    let args = Args::parse(
+        "update apply",
+        rest,
+        &[STATE_SPEC, ("matrix", true), ("relay", true), ("agent-of", true)],
+    )?;
     let state = UpdateState::open(&args);
     let boot = state.boot_state()?;
     let matrix = load_matrix(args.value("matrix"))?;
@@ -219,6 +223,13 @@ fn apply(rest: &[String]) -> Result<(), String> {
     )?;
     let manifest = &verified.manifest;
     let slot = boot.may_install(manifest.bundle_version).map_err(|error| error.to_string())?;
+    let new_version = manifest.components.get(IMAGE).cloned();
+    if let (Some(new_version), Some(relay)) = (&new_version, args.parsed("relay")?) {
+        check_relay_order(&matrix, relay, &boot.active_version, new_version)?;
+    }
+    if let (Some(new_version), Some(relay)) = (&new_version, args.parsed("agent-of")?) {
+        check_agent_order(&matrix, relay, new_version)?;
+    }
     if manifest.payload(BINARY_PAYLOAD).is_none() {
         return Err(format!("the bundle has no {BINARY_PAYLOAD:?} payload to start"));
     }
@@ -243,7 +254,7 @@ fn apply(rest: &[String]) -> Result<(), String> {
         bundle::verify_payload(manifest, &payload.name, &bytes)
             .map_err(|error| format!("slot {} after writing: {error}", slot.as_str()))?;
     }
-    let version = manifest.components.get("appliance-image").unwrap_or(&manifest.rollup).clone();
+    let version = new_version.unwrap_or_else(|| manifest.rollup.clone());
     let next = boot
         .schedule_trial(&version, manifest.bundle_version)
         .map_err(|error| error.to_string())?;
@@ -258,6 +269,99 @@ fn apply(rest: &[String]) -> Result<(), String> {
         manifest.rollup,
         slot.as_str()
     );
+    Ok(())
+}
+
+/// The component whose version a node announces (its appliance release).
+const IMAGE: &str = "appliance-image";
+
+fn status_of(addr: std::net::SocketAddr) -> Result<serde_json::Value, String> {
+    serde_json::from_str(&crate::status::fetch(addr)?)
+        .map_err(|error| format!("bad status from {addr}: {error}"))
+}
+
+fn older(a: &str, b: &str) -> bool {
+    match (rollup::Version::parse(a), rollup::Version::parse(b)) {
+        (Ok(a), Ok(b)) => a < b,
+        _ => false,
+    }
+}
+
+/// A relay node (primary site) moves to `new` only after its recovery-site target runs
+/// `new` or newer, after every other relay of its site reached `from` (nodes take each hop
+/// together), and only if no connected agent falls out of `new`'s N-4 window.
+fn check_relay_order(
+    matrix: &rollup::Matrix,
+    relay: std::net::SocketAddr,
+    from: &str,
+    new: &str,
+) -> Result<(), String> {
+    let status = status_of(relay)?;
+    let target = &status["target"];
+    let Some(target_version) = target["version"].as_str() else {
+        return Err(format!(
+            "the relay at {relay} is not connected to its recovery-site target, so the \
+             target's version is unknown; the recovery site is updated first"
+        ));
+    };
+    if older(target_version, new) {
+        return Err(format!(
+            "the recovery site (target {}) runs {target_version}; update it to {new} first \
+             (the recovery site is updated before the primary)",
+            target["node"].as_str().unwrap_or("?")
+        ));
+    }
+    let site = status["site"].as_str().unwrap_or("");
+    let node = status["node"].as_str().unwrap_or("");
+    if let Ok(target_addr) = target["address"].as_str().unwrap_or("").parse() {
+        let target_status = status_of(target_addr)?;
+        for peer in target_status["relays"].as_array().into_iter().flatten() {
+            let (peer_node, peer_version) =
+                (peer["node"].as_str().unwrap_or("?"), peer["version"].as_str().unwrap_or("?"));
+            if peer["site"] == site && peer_node != node && older(peer_version, from) {
+                return Err(format!(
+                    "node {peer_node} of site {site} runs {peer_version}, below {from}: every \
+                     node takes the hop to {from} before any node takes the next"
+                ));
+            }
+        }
+    }
+    for agent in status["agents"].as_array().into_iter().flatten() {
+        let version = agent["version"].as_str().unwrap_or("?");
+        if let rollup::SupportState::OutOfSupport { behind } =
+            rollup::support_state(matrix, IMAGE, version, Some(new))
+        {
+            return Err(format!(
+                "agent {} runs {version}, which would be N-{behind} of {new}, outside the \
+                 relay's N-4 window: update the agents first",
+                agent["node"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An agent is never newer than its relay, nor more than four releases behind it.
+fn check_agent_order(
+    matrix: &rollup::Matrix,
+    relay: std::net::SocketAddr,
+    new: &str,
+) -> Result<(), String> {
+    let status = status_of(relay)?;
+    let relay_version = status["version"].as_str().unwrap_or("?").to_string();
+    if older(&relay_version, new) {
+        return Err(format!(
+            "the relay at {relay} runs {relay_version}; an agent is never newer than its relay \
+             (update the relay first)"
+        ));
+    }
+    if let rollup::SupportState::OutOfSupport { behind } =
+        rollup::support_state(matrix, IMAGE, new, Some(&relay_version))
+    {
+        return Err(format!(
+            "{new} would be N-{behind} of the relay's {relay_version}, outside its N-4 window"
+        ));
+    }
     Ok(())
 }
 

@@ -78,6 +78,8 @@ pub(crate) struct Store {
     /// Failed-over disks being served, by disk name.
     exports: Mutex<HashMap<String, nbdserve::Running>>,
     groups: Mutex<groups::ConfirmedGroups>,
+    /// Relays connected now, by connection, as their Hellos named them.
+    peers: Mutex<std::collections::BTreeMap<u64, wire::Identity>>,
 }
 
 impl Store {
@@ -126,6 +128,7 @@ impl Store {
             broken,
             jobs: Mutex::new(failover::Jobs::default()),
             exports: Mutex::new(HashMap::new()),
+            peers: Mutex::new(std::collections::BTreeMap::new()),
             groups: Mutex::new(groups::ConfirmedGroups::open(data_dir).map_err(|source| {
                 TargetError::Io { action: "read", path: data_dir.join("groups.json"), source }
             })?),
@@ -210,8 +213,27 @@ impl Store {
                 })
             })
             .collect();
-        serde_json::json!({ "role": "target", "version": env!("CARGO_PKG_VERSION"), "disks": list })
-            .to_string()
+        let identity = wire::identity();
+        let relays: Vec<serde_json::Value> = self
+            .peers
+            .lock()
+            .expect("peers lock")
+            .values()
+            .map(|id| {
+                serde_json::json!({
+                    "node": id.node_id, "site": id.site_id, "version": id.product_version,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "role": "target",
+            "version": identity.map_or(env!("CARGO_PKG_VERSION"), |id| id.product_version.as_str()),
+            "site": identity.map_or("", |id| id.site_id.as_str()),
+            "node": identity.map_or("", |id| id.node_id.as_str()),
+            "relays": relays,
+            "disks": list,
+        })
+        .to_string()
     }
 }
 

@@ -30,6 +30,7 @@ enum SessionError {
 }
 
 struct Session<'a> {
+    id: u64,
     store: &'a Arc<Store>,
     stream: TcpStream,
     out: Vec<u8>,
@@ -46,18 +47,26 @@ struct Session<'a> {
 pub(crate) fn serve(id: u64, stream: TcpStream, store: &Arc<Store>, staged_bytes_max: usize) {
     let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |addr| addr.to_string());
     log::debug!("connection {id} from {peer}");
-    match run(stream, store, staged_bytes_max) {
+    let result = run(id, stream, store, staged_bytes_max);
+    store.peers.lock().expect("peers lock").remove(&id);
+    match result {
         Ok(()) => log::debug!("connection {id} from {peer} closed"),
         Err(SessionError::Io(error)) => log::warn!("connection {id} from {peer}: {error}"),
         Err(error) => log::error!("connection {id} from {peer}: {error}"),
     }
 }
 
-fn run(stream: TcpStream, store: &Arc<Store>, staged_bytes_max: usize) -> Result<(), SessionError> {
+fn run(
+    id: u64,
+    stream: TcpStream,
+    store: &Arc<Store>,
+    staged_bytes_max: usize,
+) -> Result<(), SessionError> {
     stream.set_nodelay(true)?;
     let mut reader_stream = stream.try_clone()?;
     reader_stream.set_read_timeout(Some(IDLE_POLL_INTERVAL))?;
     let mut session = Session {
+        id,
         store,
         stream,
         out: Vec::new(),
@@ -192,6 +201,14 @@ impl Session<'_> {
         }
         wire::negotiate_version(hello.version_min, hello.version_max)?;
         self.greeted = true;
+        if hello.role == Role::Relay {
+            let identity = wire::Identity {
+                product_version: hello.product_version.to_string(),
+                site_id: hello.site_id.to_string(),
+                node_id: hello.node_id.to_string(),
+            };
+            self.store.peers.lock().expect("peers lock").insert(self.id, identity);
+        }
         log::info!(
             "{:?} {} (version {}) connected",
             hello.role,

@@ -138,16 +138,42 @@ pub struct Hello<'a> {
     pub disks: Vec<DiskInfo<'a>>,
 }
 
+/// Who this process is, as its Hellos say: the installed version (an updated appliance
+/// runs the version of its active slot), its site (nodes of one role at one site form a
+/// cluster) and its node name. Set once at start; unset, the build's version and no names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub product_version: String,
+    pub site_id: String,
+    pub node_id: String,
+}
+
+static IDENTITY: std::sync::OnceLock<Identity> = std::sync::OnceLock::new();
+
+/// Sets this process's identity; false if it was already set (the first one stays).
+pub fn set_identity(identity: Identity) -> bool {
+    IDENTITY.set(identity).is_ok()
+}
+
+pub fn identity() -> Option<&'static Identity> {
+    IDENTITY.get()
+}
+
 impl<'a> Hello<'a> {
-    /// Our own Hello: the protocol versions this build speaks and its product version.
+    /// Our own Hello: the protocol versions this build speaks, the installed product version,
+    /// site and node (`node_id` when no identity names the node).
     pub fn ours(role: Role, node_id: &'a str, disks: Vec<DiskInfo<'a>>) -> Hello<'a> {
+        let identity = identity();
         Hello {
             version_min: PROTOCOL_VERSION_MIN,
             version_max: PROTOCOL_VERSION_MAX,
             role,
-            product_version: env!("CARGO_PKG_VERSION"),
-            site_id: "",
-            node_id,
+            product_version: identity
+                .map_or(env!("CARGO_PKG_VERSION"), |id| id.product_version.as_str()),
+            site_id: identity.map_or("", |id| id.site_id.as_str()),
+            node_id: identity
+                .filter(|id| !id.node_id.is_empty())
+                .map_or(node_id, |id| id.node_id.as_str()),
             disks,
         }
     }
