@@ -232,6 +232,21 @@ fn signed_bundle_installs_a_b_and_a_failed_health_check_rolls_back_by_itself() {
          running slot b (0.2.0)\n"
     );
     assert_eq!(release.state()["active_version"], "0.2.0");
+    // One that starts but cannot reach its peer.
+    let isolated = release.bundle(
+        "isolated",
+        "0.6.0",
+        6,
+        "case \"$1\" in --version) echo siterelay 0.6.0 ;; *) echo unreachable >&2; exit 2 ;; esac",
+        &[],
+    );
+    release.ok(&["update", "apply", &isolated, "--state-dir", &state]);
+    let boot = release.ok(&["update", "boot", "--state-dir", &state, "--peer", "127.0.0.1:9"]);
+    assert_eq!(
+        boot,
+        "update to 0.6.0 rolled back: its health check failed: it cannot reach its peer \
+         127.0.0.1:9: it exited with exit status: 2\nrunning slot b (0.2.0)\n"
+    );
     // A rolled-back bundle can be applied again (and fails again, by itself).
     release.ok(&["update", "apply", &failing, "--state-dir", &state]);
     let status = release.ok(&["update", "status", "--state-dir", &state]);
@@ -495,6 +510,14 @@ fn recovery_site_first_and_cluster_nodes_hop_together() {
     });
     update_node(&release, &mut relays[0], "r1", &v3, &["--relay", &r1_addr]);
     wait_status(relays[0].addr(), &logs, "r1 announces 0.3.0", |s| s["version"] == "0.3.0");
+    let nodes = release.ok(&["update", "status", "--state-dir", &r1_state, "--relay", &r1_addr]);
+    for row in [
+        "relay   r1               primary      0.3.0      out of support (N-6)     0.5.0",
+        "target  t1               dr           0.3.0      out of support (N-6)     0.5.0",
+        "relay   r2               primary      0.2.0      out of support (N-7)     0.5.0",
+    ] {
+        assert!(nodes.contains(row), "missing {row:?} in\n{nodes}");
+    }
     // An agent never gets ahead of its relay.
     node_config(&release, "primary", "a1");
     release.refused(

@@ -365,11 +365,73 @@ fn check_agent_order(
     Ok(())
 }
 
-/// Runs `program --version` for at most `timeout`; its standard output.
-fn run_version(program: &Path, timeout: Duration) -> Result<String, String> {
+/// Every node a relay knows (itself, its target, the other relays of the target, its agents)
+/// with its version, support state and next hop.
+fn known_nodes(matrix: &rollup::Matrix, relay: std::net::SocketAddr) -> Result<String, String> {
+    let status = status_of(relay)?;
+    let mut nodes: Vec<(String, String, String, String)> = Vec::new();
+    let text = |value: &serde_json::Value| value.as_str().unwrap_or("?").to_string();
+    nodes.push((
+        "relay".into(),
+        text(&status["node"]),
+        text(&status["site"]),
+        text(&status["version"]),
+    ));
+    let target = &status["target"];
+    if target["version"].is_string() {
+        nodes.push((
+            "target".into(),
+            text(&target["node"]),
+            text(&target["site"]),
+            text(&target["version"]),
+        ));
+        if let Ok(addr) = target["address"].as_str().unwrap_or("").parse() {
+            for peer in status_of(addr)?["relays"].as_array().into_iter().flatten() {
+                if peer["node"] != status["node"] {
+                    nodes.push((
+                        "relay".into(),
+                        text(&peer["node"]),
+                        text(&peer["site"]),
+                        text(&peer["version"]),
+                    ));
+                }
+            }
+        }
+    }
+    for agent in status["agents"].as_array().into_iter().flatten() {
+        nodes.push((
+            "agent".into(),
+            text(&agent["node"]),
+            text(&agent["site"]),
+            text(&agent["version"]),
+        ));
+    }
+    let mut out = format!(
+        "{:<7} {:<16} {:<12} {:<10} {:<24} {}\n",
+        "ROLE", "NODE", "SITE", "VERSION", "SUPPORT", "NEXT HOP"
+    );
+    for (role, node, site, version) in nodes {
+        let support = match rollup::support_state(matrix, IMAGE, &version, None) {
+            rollup::SupportState::Current => "current".to_string(),
+            rollup::SupportState::Supported { behind } => format!("supported (N-{behind})"),
+            rollup::SupportState::OutOfSupport { behind } => format!("out of support (N-{behind})"),
+            rollup::SupportState::Newer => "newer".to_string(),
+            rollup::SupportState::Unknown => "unknown".to_string(),
+        };
+        let next = rollup::plan(matrix, IMAGE, &version, None, None)
+            .ok()
+            .and_then(|hops| hops.first().map(|hop| hop.to.clone()))
+            .unwrap_or_else(|| "-".into());
+        out += &format!("{role:<7} {node:<16} {site:<12} {version:<10} {support:<24} {next}\n");
+    }
+    Ok(out)
+}
+
+/// Runs `program ARGS` for at most `timeout`; its standard output.
+fn run_version(program: &Path, args: &[&str], timeout: Duration) -> Result<String, String> {
     use std::io::Read;
     let mut child = std::process::Command::new(program)
-        .arg("--version")
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -403,7 +465,8 @@ fn run_version(program: &Path, timeout: Duration) -> Result<String, String> {
 /// its binary must start and report its version, then it becomes the active slot; anything
 /// else (including this process dying first) goes back to the old slot.
 fn boot(rest: &[String]) -> Result<(), String> {
-    let args = Args::parse("update boot", rest, &[STATE_SPEC, ("health-timeout", true)])?;
+    let args =
+        Args::parse("update boot", rest, &[STATE_SPEC, ("health-timeout", true), ("peer", true)])?;
     let state = UpdateState::open(&args);
     let boot = state.boot_state()?;
     let timeout = args.parsed::<u64>("health-timeout")?.map_or(HEALTH_TIMEOUT, Duration::from_secs);
@@ -421,13 +484,23 @@ fn boot(rest: &[String]) -> Result<(), String> {
         Start::Trial(slot) => {
             let trial = boot.trial.clone().expect("a trial start has a trial");
             let binary = state.slots.slot_file(slot, BINARY_PAYLOAD);
-            let health = run_version(&binary, timeout).and_then(|out| {
-                if out.contains(&trial.version) {
+            let peers: Vec<String> = args.values("peer").to_vec();
+            let health = run_version(&binary, &["--version"], timeout)
+                .and_then(|out| {
+                    if out.contains(&trial.version) {
+                        Ok(())
+                    } else {
+                        Err(format!("it reports {:?}, not {}", out.trim(), trial.version))
+                    }
+                })
+                .and_then(|()| {
+                    // The new version must reach the peers this node works with.
+                    for peer in &peers {
+                        run_version(&binary, &["status", "--connect", peer, "--json"], timeout)
+                            .map_err(|error| format!("it cannot reach its peer {peer}: {error}"))?;
+                    }
                     Ok(())
-                } else {
-                    Err(format!("it reports {:?}, not {}", out.trim(), trial.version))
-                }
-            });
+                });
             match health {
                 Ok(()) => {
                     let confirmed = next.confirm().map_err(|error| error.to_string())?;
@@ -454,8 +527,11 @@ fn boot(rest: &[String]) -> Result<(), String> {
 /// `update status [--bundle DIR]`: the installation, each component's support state and
 /// next hop, and whether a verified newer bundle is at hand.
 fn status(rest: &[String]) -> Result<(), String> {
-    let args =
-        Args::parse("update status", rest, &[STATE_SPEC, ("matrix", true), ("bundle", true)])?;
+    let args = Args::parse(
+        "update status",
+        rest,
+        &[STATE_SPEC, ("matrix", true), ("bundle", true), ("relay", true)],
+    )?;
     let state = UpdateState::open(&args);
     let boot = state.boot_state()?;
     let matrix = load_matrix(args.value("matrix"))?;
@@ -488,6 +564,9 @@ fn status(rest: &[String]) -> Result<(), String> {
             Err(_) => String::new(),
         };
         println!("  {component} {version}: {support}{next}");
+    }
+    if let Some(relay) = args.parsed::<std::net::SocketAddr>("relay")? {
+        print!("{}", known_nodes(&matrix, relay)?);
     }
     if let Some(path) = args.value("bundle") {
         match crate::bundle_cli::verify_bundle(
