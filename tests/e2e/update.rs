@@ -237,7 +237,7 @@ fn signed_bundle_installs_a_b_and_a_failed_health_check_rolls_back_by_itself() {
         "isolated",
         "0.6.0",
         6,
-        "case \"$1\" in --version) echo siterelay 0.6.0 ;; *) echo unreachable >&2; exit 2 ;; esac",
+        "case \"$1\" in --version|hwtest) echo siterelay 0.6.0 ;; *) echo unreachable >&2; exit 2 ;; esac",
         &[],
     );
     release.ok(&["update", "apply", &isolated, "--state-dir", &state]);
@@ -246,6 +246,21 @@ fn signed_bundle_installs_a_b_and_a_failed_health_check_rolls_back_by_itself() {
         boot,
         "update to 0.6.0 rolled back: its health check failed: it cannot reach its peer \
          127.0.0.1:9: it exited with exit status: 2\nrunning slot b (0.2.0)\n"
+    );
+    // One that fails the hardware checks.
+    let unqualified = release.bundle(
+        "unqualified",
+        "0.6.0",
+        7,
+        "case \"$1\" in --version) echo siterelay 0.6.0 ;; *) exit 1 ;; esac",
+        &[],
+    );
+    release.ok(&["update", "apply", &unqualified, "--state-dir", &state]);
+    let boot = release.ok(&["update", "boot", "--state-dir", &state]);
+    assert_eq!(
+        boot,
+        "update to 0.6.0 rolled back: its health check failed: its hardware checks failed: it \
+         exited with exit status: 1\nrunning slot b (0.2.0)\n"
     );
     // A rolled-back bundle can be applied again (and fails again, by itself).
     release.ok(&["update", "apply", &failing, "--state-dir", &state]);

@@ -74,10 +74,33 @@ usage:
   siterelay bundle create --out DIR --rollup ID --bundle-version N --component C=V ... --payload FILE ... --sign K ...
   siterelay bundle verify DIR --root FILE [--installed C=V ...] [--installed-bundle-version N]
       Release tooling for signed update bundles (docs/BUNDLES.md).
+  siterelay hwtest
+      Hardware qualification checks (io_uring today).
   siterelay config check FILE
       Validate a configuration file (unknown keys and bad values with line and column).
   siterelay --version | --help
 ";
+
+/// `siterelay hwtest`: the hardware qualification checks; fails if any check fails.
+fn hardware_checks(rest: &[String]) -> Result<(), String> {
+    args::Args::parse("hwtest", rest, &[])?;
+    let checks = [hwtest::io_uring()];
+    let mut failed = 0;
+    for check in &checks {
+        match &check.outcome {
+            hwtest::Outcome::Pass => println!("{}: pass", check.name),
+            hwtest::Outcome::Warn(why) => println!("{}: warning: {why}", check.name),
+            hwtest::Outcome::Fail(why) => {
+                println!("{}: FAIL: {why}", check.name);
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} hardware check(s) failed"));
+    }
+    Ok(())
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -97,6 +120,7 @@ fn main() -> ExitCode {
         "plan" => plan_run::run(rest),
         "update" => update_cli::run(rest),
         "bundle" => bundle_cli::run(rest),
+        "hwtest" => hardware_checks(rest),
         "config" => roles::config(rest),
         "--version" | "version" => {
             println!("siterelay {}", env!("CARGO_PKG_VERSION"));

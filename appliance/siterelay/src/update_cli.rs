@@ -494,6 +494,11 @@ fn boot(rest: &[String]) -> Result<(), String> {
                     }
                 })
                 .and_then(|()| {
+                    run_version(&binary, &["hwtest"], timeout)
+                        .map(|_| ())
+                        .map_err(|error| format!("its hardware checks failed: {error}"))
+                })
+                .and_then(|()| {
                     // The new version must reach the peers this node works with.
                     for peer in &peers {
                         run_version(&binary, &["status", "--connect", peer, "--json"], timeout)
