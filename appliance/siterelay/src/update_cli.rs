@@ -411,13 +411,7 @@ fn known_nodes(matrix: &rollup::Matrix, relay: std::net::SocketAddr) -> Result<S
         "ROLE", "NODE", "SITE", "VERSION", "SUPPORT", "NEXT HOP"
     );
     for (role, node, site, version) in nodes {
-        let support = match rollup::support_state(matrix, IMAGE, &version, None) {
-            rollup::SupportState::Current => "current".to_string(),
-            rollup::SupportState::Supported { behind } => format!("supported (N-{behind})"),
-            rollup::SupportState::OutOfSupport { behind } => format!("out of support (N-{behind})"),
-            rollup::SupportState::Newer => "newer".to_string(),
-            rollup::SupportState::Unknown => "unknown".to_string(),
-        };
+        let support = support_text(matrix, IMAGE, &version);
         let next = rollup::plan(matrix, IMAGE, &version, None, None)
             .ok()
             .and_then(|hops| hops.first().map(|hop| hop.to.clone()))
@@ -425,6 +419,17 @@ fn known_nodes(matrix: &rollup::Matrix, relay: std::net::SocketAddr) -> Result<S
         out += &format!("{role:<7} {node:<16} {site:<12} {version:<10} {support:<24} {next}\n");
     }
     Ok(out)
+}
+
+/// A version's support state against the newest release, in words.
+fn support_text(matrix: &rollup::Matrix, component: &str, version: &str) -> String {
+    match rollup::support_state(matrix, component, version, None) {
+        rollup::SupportState::Current => "current".to_string(),
+        rollup::SupportState::Supported { behind } => format!("supported (N-{behind})"),
+        rollup::SupportState::OutOfSupport { behind } => format!("out of support (N-{behind})"),
+        rollup::SupportState::Newer => "newer than the matrix".to_string(),
+        rollup::SupportState::Unknown => "not in the matrix".to_string(),
+    }
 }
 
 /// Runs `program ARGS` for at most `timeout`; its standard output.
@@ -555,13 +560,7 @@ fn status(rest: &[String]) -> Result<(), String> {
         println!("last update: {outcome}");
     }
     for (component, version) in &installed {
-        let support = match rollup::support_state(&matrix, component, version, None) {
-            rollup::SupportState::Current => "current".to_string(),
-            rollup::SupportState::Supported { behind } => format!("supported (N-{behind})"),
-            rollup::SupportState::OutOfSupport { behind } => format!("out of support (N-{behind})"),
-            rollup::SupportState::Newer => "newer than the matrix".to_string(),
-            rollup::SupportState::Unknown => "not in the matrix".to_string(),
-        };
+        let support = support_text(&matrix, component, version);
         let next = match rollup::plan(&matrix, component, version, None, None) {
             Ok(hops) => {
                 hops.first().map_or_else(String::new, |hop| format!(", next hop {}", hop.to))
