@@ -24,3 +24,4 @@ mod prune_crash;
 mod sync;
 mod tap;
 mod update;
+mod vmware;

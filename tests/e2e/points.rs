@@ -606,3 +606,61 @@ fn test_failover_of_an_ext4_point_mounts_checks_clean_and_leaves_no_trace() {
         cleanup(&cluster, job);
     }
 }
+
+#[test]
+fn materialize_as_vmdk_and_stream_optimized_with_an_ovf_that_qemu_img_accepts() {
+    if !require_tools("materialize_vmdk", &["qemu-img"]) {
+        return;
+    }
+    let cluster = Cluster::start_with_target_config("points-vmdk", KEEP_EVERY_POINT);
+    let logs = cluster.dir.subdir("logs");
+    let source = cluster.dir.join("disk.img");
+    let size = 17 * MIB + 512;
+    let mut bytes = vec![0u8; size as usize];
+    let mut rng = Rng::new(0x7d3c_0001);
+    rng.fill(&mut bytes[..3 * MIB as usize]);
+    rng.fill(&mut bytes[9 * MIB as usize..9 * MIB as usize + 70_000]);
+    rng.fill(&mut bytes[size as usize - 4096..]);
+    fs::write(&source, &bytes).unwrap();
+    let agent = cluster.agent("a", &[("d0", &source)]);
+    cluster.sync_once(&agent, "vmdk source");
+    for (format, name) in [("vmdk", "point.vmdk"), ("vmdk-stream", "point-stream.vmdk")] {
+        let output = cluster.dir.join(name);
+        let output_arg = output.to_str().unwrap();
+        let args = [
+            "failover",
+            "materialize",
+            "--disk",
+            "d0",
+            "--output",
+            output_arg,
+            "--format",
+            format,
+            "--wait",
+        ];
+        operate(&cluster, &args);
+        let check =
+            run_tool("qemu-img", &["check".into(), output.clone().into()], &logs, CLIENT_TIMEOUT);
+        assert!(check.status.success(), "qemu-img check {name}\n{}", check.describe());
+        let compare = run_tool(
+            "qemu-img",
+            &[
+                "compare".into(),
+                "-f".into(),
+                "raw".into(),
+                "-F".into(),
+                "vmdk".into(),
+                source.clone().into(),
+                output.clone().into(),
+            ],
+            &logs,
+            CLIENT_TIMEOUT,
+        );
+        assert!(compare.status.success(), "qemu-img compare {name}\n{}", compare.describe());
+    }
+    let ovf = fs::read_to_string(cluster.dir.join("point-stream.ovf"))
+        .expect("an OVF next to the stream VMDK");
+    assert!(ovf.contains("ovf:href=\"point-stream.vmdk\""), "{ovf}");
+    assert!(ovf.contains(&format!("ovf:capacity=\"{size}\"")), "{ovf}");
+    assert!(!cluster.dir.join("point.ovf").exists(), "a monolithicSparse output has no OVF");
+}

@@ -14,6 +14,7 @@ mod listener;
 mod state;
 mod sync;
 mod tap;
+mod vmdk_source;
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -31,6 +32,35 @@ use sync::{DiskSync, SyncLimits};
 pub struct DiskSource {
     pub name: String,
     pub path: PathBuf,
+    pub format: SourceFormat,
+}
+
+/// How a source is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// A raw image file or block device.
+    Raw,
+    /// A VMDK or the newest link of a VMDK snapshot chain (`--disk NAME=vmdk:PATH`).
+    Vmdk,
+}
+
+impl DiskSource {
+    /// `PATH` or `vmdk:PATH`.
+    pub fn parse(name: &str, spec: &std::path::Path) -> DiskSource {
+        let text = spec.to_string_lossy();
+        match text.strip_prefix("vmdk:") {
+            Some(rest) => DiskSource {
+                name: name.to_string(),
+                path: PathBuf::from(rest),
+                format: SourceFormat::Vmdk,
+            },
+            None => DiskSource {
+                name: name.to_string(),
+                path: spec.to_path_buf(),
+                format: SourceFormat::Raw,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -91,7 +121,7 @@ impl DiskReport {
 
 struct OpenDisk {
     source: DiskSource,
-    file: File,
+    reader: Reader,
     size_bytes: u64,
     mode: SyncMode,
     state_path: PathBuf,
@@ -103,6 +133,63 @@ pub fn sync_once(options: &AgentOptions) -> Result<Vec<DiskReport>, AgentError> 
     let stop = Arc::new(AtomicBool::new(false));
     let (mut link, mut disks) = connect_for_sync(options, options.reconnect_timeout, &stop)?;
     sync_disks(options, &mut link, &mut disks, &stop)
+}
+
+/// Snapshot sync of VMDK sources: sends only what the snapshot links added since the last
+/// synced link hold (their allocated grains), then a consistency marker; each disk must have
+/// been synced before (`--once`) from the same chain.
+pub fn snapshot_sync(options: &AgentOptions) -> Result<Vec<DiskReport>, AgentError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for source in &options.disks {
+        if source.format != SourceFormat::Vmdk {
+            return Err(AgentError::Disk {
+                disk: source.name.clone(),
+                reason: "snapshot sync reads VMDK snapshot links; give --disk NAME=vmdk:PATH"
+                    .into(),
+            });
+        }
+    }
+    let (mut link, mut disks) = connect_for_sync(options, options.reconnect_timeout, &stop)?;
+    let limits = SyncLimits {
+        block_bytes: options.block_bytes,
+        read_chunk_bytes: options.read_chunk_bytes,
+        frame_payload_bytes: options.frame_payload_bytes,
+    };
+    let mut reports = Vec::with_capacity(disks.len());
+    for (index, disk) in disks.iter_mut().enumerate() {
+        let started = std::time::Instant::now();
+        let Reader::Vmdk(source) = &disk.reader else { unreachable!("checked above") };
+        let synced = match (&disk.state.synced, &disk.state.synced_link) {
+            (true, Some(cid)) => cid.clone(),
+            _ => {
+                return Err(AgentError::Disk {
+                    disk: disk.source.name.clone(),
+                    reason: "not synced from a VMDK chain yet; run `agent --once` first".into(),
+                })
+            }
+        };
+        let ranges = source.changed_since(&disk.source.name, &synced)?;
+        let (data_bytes, zero_bytes) =
+            sync::send_ranges(&mut link, index, source, &ranges, limits)?;
+        sync::send_marker(&mut link, index, wire::MarkerKind::Crash, 0)?;
+        link.wait_replicated()?;
+        let mut report = DiskReport::new(&disk.source.name, SyncMode::Resync, disk.size_bytes);
+        report.data_bytes = data_bytes;
+        report.zero_bytes = zero_bytes;
+        report.unchanged_bytes = disk.size_bytes.saturating_sub(data_bytes + zero_bytes);
+        report.replicated_seq = link.replicated_seq(index);
+        report.seconds = started.elapsed().as_secs_f64();
+        disk.state.synced_link = source.top_cid();
+        state::store(&disk.state_path, &disk.state)?;
+        log::info!(
+            "disk {}: snapshot sync of {} range(s) since link {synced}: {data_bytes} data bytes, \
+             {zero_bytes} zero bytes",
+            disk.source.name,
+            ranges.len()
+        );
+        reports.push(report);
+    }
+    Ok(reports)
 }
 
 /// The scan source (design.md §1): for disks that cannot be tapped, a checksum scan every
@@ -190,7 +277,7 @@ fn sync_disks(
             link,
             disk: index,
             name: &disk.source.name,
-            source: &disk.file,
+            source: disk.reader.as_source(),
             size_bytes: disk.size_bytes,
             limits,
             progress: &progress,
@@ -206,10 +293,34 @@ fn sync_disks(
         report.replicated_seq = link.replicated_seq(index);
         progress.finish_and_clear();
         disk.state.synced = true;
+        disk.state.synced_link = disk.reader.synced_link();
         state::store(&disk.state_path, &disk.state)?;
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// An open source, as a sync reads it.
+enum Reader {
+    Raw(File),
+    Vmdk(vmdk_source::VmdkSource),
+}
+
+impl Reader {
+    fn as_source(&self) -> &dyn sync::SourceRead {
+        match self {
+            Reader::Raw(file) => file,
+            Reader::Vmdk(disk) => disk,
+        }
+    }
+
+    /// What a later snapshot sync continues from: the newest link's content id.
+    fn synced_link(&self) -> Option<String> {
+        match self {
+            Reader::Raw(_) => None,
+            Reader::Vmdk(disk) => disk.top_cid(),
+        }
+    }
 }
 
 /// Opens a source disk (read-write for the tap, which applies writes to it) and its size.
@@ -230,7 +341,17 @@ fn open_source(source: &DiskSource, writable: bool) -> Result<(File, u64), Agent
 }
 
 fn open_disk(options: &AgentOptions, source: &DiskSource) -> Result<OpenDisk, AgentError> {
-    let (file, size_bytes) = open_source(source, false)?;
+    let (reader, size_bytes) = match source.format {
+        SourceFormat::Raw => {
+            let (file, size_bytes) = open_source(source, false)?;
+            (Reader::Raw(file), size_bytes)
+        }
+        SourceFormat::Vmdk => {
+            let disk = vmdk_source::VmdkSource::open(&source.name, &source.path)?;
+            let size_bytes = disk.capacity_bytes();
+            (Reader::Vmdk(disk), size_bytes)
+        }
+    };
     let state_path = state::state_path(&options.state_dir, &source.name);
     let (state, mode) = match state::load(&state_path)? {
         Some(_) | None if options.take_over => {
@@ -247,7 +368,7 @@ fn open_disk(options: &AgentOptions, source: &DiskSource) -> Result<OpenDisk, Ag
             (fresh, SyncMode::Full)
         }
     };
-    Ok(OpenDisk { source: source.clone(), file, size_bytes, mode, state_path, state })
+    Ok(OpenDisk { source: source.clone(), reader, size_bytes, mode, state_path, state })
 }
 
 fn progress_bar(

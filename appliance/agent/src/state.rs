@@ -25,6 +25,10 @@ pub(crate) struct DiskStateFile {
     /// Nothing of this generation was sent yet; cleared (durably) before the first frame.
     #[serde(default)]
     pub(crate) fresh: bool,
+    /// A VMDK source: the content id of the chain's newest link when it was last synced; a
+    /// snapshot sync sends what the links above it hold.
+    #[serde(default)]
+    pub(crate) synced_link: Option<String>,
 }
 
 impl DiskStateFile {
@@ -36,6 +40,7 @@ impl DiskStateFile {
             clean_shutdown: false,
             size_bytes: Some(size_bytes),
             fresh: true,
+            synced_link: None,
         }
     }
 

@@ -97,11 +97,28 @@ impl FrameBuilder {
     }
 }
 
+/// What a sync reads: a raw image or block device, or a VMDK chain's view.
+pub(crate) trait SourceRead: Send + Sync {
+    fn read_source_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+    /// A sync reads each byte once: a hint that the pages just read are not needed again.
+    fn drop_cache(&self, _offset: u64, _len: u64) {}
+}
+
+impl SourceRead for File {
+    fn read_source_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.read_exact_at(buf, offset)
+    }
+
+    fn drop_cache(&self, offset: u64, len: u64) {
+        fsio::drop_cache(self, offset, len);
+    }
+}
+
 pub(crate) struct DiskSync<'a> {
     pub(crate) link: &'a mut Link,
     pub(crate) disk: usize,
     pub(crate) name: &'a str,
-    pub(crate) source: &'a File,
+    pub(crate) source: &'a dyn SourceRead,
     pub(crate) size_bytes: u64,
     pub(crate) limits: SyncLimits,
     pub(crate) progress: &'a indicatif::ProgressBar,
@@ -184,13 +201,13 @@ impl DiskSync<'_> {
     }
 
     fn read_chunk(&self, buf: &mut [u8], offset: u64) -> Result<(), AgentError> {
-        self.source.read_exact_at(buf, offset).map_err(|source| AgentError::Io {
+        self.source.read_source_at(buf, offset).map_err(|source| AgentError::Io {
             action: "read source disk",
             path: self.name.into(),
             source,
         })?;
         // A sync reads each byte once: keep the workload's page cache, not ours.
-        fsio::drop_cache(self.source, offset, buf.len() as u64);
+        self.source.drop_cache(offset, buf.len() as u64);
         Ok(())
     }
 
@@ -217,6 +234,51 @@ pub(crate) fn send_marker(
         .encode(&mut bytes)?;
     link.send_sequenced(disk, seq, bytes)?;
     Ok(seq)
+}
+
+/// Sends exactly the byte ranges `ranges` of `source` (a snapshot delta's changed grains),
+/// block by block: zero blocks as zero extents, the rest as data. Returns (data bytes, zero
+/// bytes) sent.
+pub(crate) fn send_ranges(
+    link: &mut Link,
+    disk: usize,
+    source: &dyn SourceRead,
+    ranges: &[(u64, u64)],
+    limits: SyncLimits,
+) -> Result<(u64, u64), AgentError> {
+    let mut builder = FrameBuilder {
+        disk,
+        extents: Vec::new(),
+        payload: Vec::with_capacity(limits.frame_payload_bytes),
+        payload_max: limits.frame_payload_bytes,
+    };
+    let mut chunk = vec![0u8; limits.read_chunk_bytes];
+    let (mut data_bytes, mut zero_bytes) = (0u64, 0u64);
+    for &(start, len) in ranges {
+        let end = start + len;
+        let mut offset = start;
+        while offset < end {
+            let take = (end - offset).min(chunk.len() as u64) as usize;
+            source.read_source_at(&mut chunk[..take], offset).map_err(|error| AgentError::Io {
+                action: "read source disk",
+                path: format!("disk {disk}").into(),
+                source: error,
+            })?;
+            for (index, block) in chunk[..take].chunks(limits.block_bytes).enumerate() {
+                let at = offset + (index * limits.block_bytes) as u64;
+                if wire::is_zero(block) {
+                    builder.add_zero(link, at, block.len() as u64)?;
+                    zero_bytes += block.len() as u64;
+                } else {
+                    builder.add_data(link, at, block)?;
+                    data_bytes += block.len() as u64;
+                }
+            }
+            offset += take as u64;
+        }
+    }
+    builder.emit(link)?;
+    Ok((data_bytes, zero_bytes))
 }
 
 /// Tells the relay (and through it `status`) where a disk stands.

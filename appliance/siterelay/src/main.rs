@@ -27,6 +27,9 @@ usage:
   siterelay agent --relay ADDR --disk NAME=PATH [--disk ...] [--state-dir DIR] [--once]
                   [--reconnect-timeout SECS] [--config FILE]
       Protect raw images or block devices: full sync first, checksum resync afterwards.
+  siterelay agent snapshot-sync --relay ADDR --disk NAME=vmdk:PATH [--state-dir DIR]
+      VMware sources: after `agent --once --disk NAME=vmdk:PATH`, send only the grains each
+      new snapshot link holds (PATH = the newest link), then a consistency point.
   siterelay status --connect ADDR [--json]
       Per-disk state, backlog and cache use of a relay or target.
   siterelay points list --connect TARGET [--disk NAME] [--json]

@@ -149,7 +149,7 @@ pub(crate) fn agent_options(config: &config::AgentConfig, progress: bool) -> age
         disks: config
             .disks
             .iter()
-            .map(|disk| agent::DiskSource { name: disk.name.clone(), path: disk.path.clone() })
+            .map(|disk| agent::DiskSource::parse(&disk.name, &disk.path))
             .collect(),
         state_dir: config.state_dir.clone(),
         block_bytes: config.block_bytes as usize,
@@ -163,6 +163,8 @@ pub(crate) fn agent_options(config: &config::AgentConfig, progress: bool) -> age
 }
 
 pub(crate) fn agent(rest: &[String]) -> Result<(), String> {
+    let snapshot = rest.first().map(String::as_str) == Some("snapshot-sync");
+    let rest = if snapshot { &rest[1..] } else { rest };
     let spec = &[
         ("relay", true),
         ("disk", true),
@@ -207,7 +209,27 @@ pub(crate) fn agent(rest: &[String]) -> Result<(), String> {
     let config = validated(config)?;
     let mut options = agent_options(&config.agent, true);
     options.take_over = args.flag("take-over");
+    if snapshot {
+        let reports = agent::snapshot_sync(&options).map_err(|error| error.to_string())?;
+        for report in &reports {
+            println!(
+                "{}: snapshot sync: {} data bytes, {} zero bytes sent, replica durable at target",
+                report.name, report.data_bytes, report.zero_bytes
+            );
+        }
+        return Ok(());
+    }
     let mode = args.value("mode").unwrap_or(if args.flag("once") { "once" } else { "tap" });
+    if mode != "once" {
+        if let Some(disk) = options.disks.iter().find(|d| d.format == agent::SourceFormat::Vmdk) {
+            return Err(format!(
+                "agent: disk {} is a VMDK: VMware sources are replicated with --once and then \
+                 `agent snapshot-sync` after each new snapshot link; the write tap and scan \
+                 mode read raw images and block devices",
+                disk.name
+            ));
+        }
+    }
     let tap = args.parsed::<agent::TapAddr>("nbd-listen")?;
     match (mode, tap) {
         ("tap", Some(tap)) => {

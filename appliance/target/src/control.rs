@@ -321,8 +321,10 @@ fn materialize(
     output: PathBuf,
     format: &str,
 ) -> Result<Value, String> {
-    if format != "raw" && format != "qcow2" {
-        return Err(format!("output format {format:?} is not one of raw, qcow2"));
+    if !["raw", "qcow2", "vmdk", "vmdk-stream"].contains(&format) {
+        return Err(format!(
+            "output format {format:?} is not one of raw, qcow2, vmdk, vmdk-stream"
+        ));
     }
     if !output.is_absolute() {
         return Err(format!("output {} must be an absolute path", output.display()));
@@ -378,6 +380,11 @@ fn copy_out(
     let progress = |done: u64| job.lock().expect("job lock").done_bytes = done;
     if format == "raw" {
         return failover::write_raw(view, output, progress)
+            .map_err(|error| format!("writing {}: {error}", output.display()));
+    }
+    if format.starts_with("vmdk") {
+        let disk = job.lock().expect("job lock").disk.clone();
+        return failover::write_vmdk(view, output, format == "vmdk-stream", &disk)
             .map_err(|error| format!("writing {}: {error}", output.display()));
     }
     // The raw copy qemu-img converts lives with the job (removed with it, also at restart).

@@ -431,3 +431,54 @@ pub(crate) fn partial_path(output: &Path) -> PathBuf {
     name.push(".partial");
     output.with_file_name(name)
 }
+
+/// A point as the VMDK writer reads it.
+struct PointSource<'a>(&'a PointView);
+
+impl vmdkwrite::ReadAt for PointSource<'_> {
+    fn len(&self) -> u64 {
+        self.0.size_bytes
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+
+    fn data_ranges(&self, offset: u64, len: u64) -> Vec<(u64, u64)> {
+        self.0.data_ranges(offset, len, usize::MAX)
+    }
+}
+
+/// Writes `view` as a VMDK at `output` (through `.partial`): monolithicSparse, or
+/// streamOptimized with an OVF descriptor next to it (`NAME.ovf`) for a VMware-style import.
+pub(crate) fn write_vmdk(
+    view: &PointView,
+    output: &Path,
+    stream: bool,
+    vm_name: &str,
+) -> io::Result<()> {
+    let partial = partial_path(output);
+    let file_name = output
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| io::Error::other("the output has no UTF-8 file name"))?
+        .to_string();
+    let options = vmdkwrite::VmdkOptions { file_name: file_name.clone(), ..Default::default() };
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&partial)?;
+    let source = PointSource(view);
+    let report = if stream {
+        vmdkwrite::write_stream_optimized(&source, &mut file, 6, &options)
+    } else {
+        vmdkwrite::write_monolithic_sparse(&source, &mut file, &options)
+    }
+    .map_err(|error| io::Error::other(error.to_string()))?;
+    file.sync_all()?;
+    if stream {
+        let ovf =
+            vmdkwrite::ovf_descriptor(&vmdkwrite::OvfVm::for_disk(vm_name, &file_name, &report));
+        let ovf_path = output.with_extension("ovf");
+        fsio::write_atomic(&ovf_path, ovf.as_bytes())?;
+    }
+    fs::rename(&partial, output)?;
+    fsio::fsync_dir(output.parent().unwrap_or(Path::new(".")))
+}

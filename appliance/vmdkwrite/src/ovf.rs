@@ -1,0 +1,145 @@
+//! A minimal OVF 1.0 descriptor for one VM with one streamOptimized disk.
+
+use crate::WriteReport;
+
+/// The `ovf:format` of a streamOptimized VMDK.
+pub const STREAM_OPTIMIZED_FORMAT_URI: &str =
+    "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized";
+
+/// The VM an OVF descriptor describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OvfVm {
+    /// The VM's name (`VirtualSystem/@ovf:id`, `Name`, the system identifier).
+    pub name: String,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// The VMDK's file name, as it will sit next to the `.ovf` (or in the `.ova`).
+    pub disk_file_name: String,
+    /// The VMDK file's size in bytes ([`WriteReport::file_bytes`]).
+    pub disk_file_bytes: u64,
+    /// The disk's virtual size in bytes ([`WriteReport::capacity_bytes`]).
+    pub capacity_bytes: u64,
+    /// The virtual hardware family, `vmx-NN` (13 = ESXi 6.5 and later).
+    pub hardware_version: u32,
+}
+
+impl OvfVm {
+    /// A VM named `name` with 1 CPU, 1024 MiB and hardware version 13, whose disk is the
+    /// file `disk_file_name` that `report` describes.
+    pub fn for_disk(name: &str, disk_file_name: &str, report: &WriteReport) -> Self {
+        OvfVm {
+            name: name.to_string(),
+            cpus: 1,
+            memory_mib: 1024,
+            disk_file_name: disk_file_name.to_string(),
+            disk_file_bytes: report.file_bytes,
+            capacity_bytes: report.capacity_bytes,
+            hardware_version: 13,
+        }
+    }
+}
+
+/// `text` made safe for XML 1.0 character data and attribute values: `& < > " '` become
+/// entity references, tab, newline and carriage return become character references (so
+/// attribute values keep them), and characters XML 1.0 forbids (other C0 controls,
+/// U+FFFE, U+FFFF) become U+FFFD.
+pub fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The OVF 1.0 descriptor (`.ovf`) of `vm`: `References` to the VMDK with its size, a
+/// `DiskSection` with the capacity in bytes and the streamOptimized format, and a
+/// `VirtualSystem` with an "other (64-bit)" guest OS (CIM id 102, `otherGuest64`), the
+/// CPUs, the memory, an LSI Logic SCSI controller and the disk on it (unit 0). The `rasd:`
+/// elements are in the schema's (alphabetical) order, which strict importers check. No
+/// network: a recovered VM gets its NICs where it lands. Names and the file name are
+/// escaped with [`xml_escape`].
+pub fn ovf_descriptor(vm: &OvfVm) -> String {
+    let name = xml_escape(&vm.name);
+    let href = xml_escape(&vm.disk_file_name);
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:cim="http://schemas.dmtf.org/wbem/wscim/1/common" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <References>
+    <File ovf:href="{href}" ovf:id="file1" ovf:size="{file_bytes}"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    <Disk ovf:capacity="{capacity}" ovf:capacityAllocationUnits="byte" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="{format}"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="{name}">
+    <Info>A virtual machine</Info>
+    <Name>{name}</Name>
+    <OperatingSystemSection ovf:id="102" vmw:osType="otherGuest64">
+      <Info>The kind of installed guest operating system</Info>
+      <Description>Other 64-bit</Description>
+    </OperatingSystemSection>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements</Info>
+      <System>
+        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
+        <vssd:InstanceID>0</vssd:InstanceID>
+        <vssd:VirtualSystemIdentifier>{name}</vssd:VirtualSystemIdentifier>
+        <vssd:VirtualSystemType>vmx-{hw:02}</vssd:VirtualSystemType>
+      </System>
+      <Item>
+        <rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>
+        <rasd:Description>Number of Virtual CPUs</rasd:Description>
+        <rasd:ElementName>{cpus} virtual CPU(s)</rasd:ElementName>
+        <rasd:InstanceID>1</rasd:InstanceID>
+        <rasd:ResourceType>3</rasd:ResourceType>
+        <rasd:VirtualQuantity>{cpus}</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>
+        <rasd:Description>Memory Size</rasd:Description>
+        <rasd:ElementName>{memory}MB of memory</rasd:ElementName>
+        <rasd:InstanceID>2</rasd:InstanceID>
+        <rasd:ResourceType>4</rasd:ResourceType>
+        <rasd:VirtualQuantity>{memory}</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:Address>0</rasd:Address>
+        <rasd:Description>SCSI Controller</rasd:Description>
+        <rasd:ElementName>SCSI controller 0</rasd:ElementName>
+        <rasd:InstanceID>3</rasd:InstanceID>
+        <rasd:ResourceSubType>lsilogic</rasd:ResourceSubType>
+        <rasd:ResourceType>6</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:AddressOnParent>0</rasd:AddressOnParent>
+        <rasd:ElementName>Hard disk 1</rasd:ElementName>
+        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>
+        <rasd:InstanceID>4</rasd:InstanceID>
+        <rasd:Parent>3</rasd:Parent>
+        <rasd:ResourceType>17</rasd:ResourceType>
+      </Item>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+"#,
+        file_bytes = vm.disk_file_bytes,
+        capacity = vm.capacity_bytes,
+        format = STREAM_OPTIMIZED_FORMAT_URI,
+        hw = vm.hardware_version,
+        cpus = vm.cpus,
+        memory = vm.memory_mib,
+    )
+}
