@@ -174,3 +174,48 @@ fn snapshot_chain_syncs_send_exactly_each_new_links_grains() {
         finished.stderr
     );
 }
+
+#[test]
+fn vmdk_tools_name_what_they_refuse() {
+    let dir = TestDir::new("vmware-refusals");
+    let logs = dir.subdir("logs");
+    let run = |args: &[&str]| run_siterelay(args, &logs, TIMEOUT);
+    let formats = run(&["vmdk", "formats"]);
+    assert!(formats.status.success());
+    assert!(
+        formats.stdout.contains("supported create types: monolithicSparse"),
+        "{}",
+        formats.stdout
+    );
+    assert!(formats.stdout.contains("seSparse"), "{}", formats.stdout);
+    let truncated = dir.join("bad.vmdk");
+    fs::write(&truncated, b"KDMV\x01\x00\x00\x00garbage").unwrap();
+    let finished = run(&["vmdk", "info", truncated.to_str().unwrap()]);
+    assert_eq!(
+        finished.stderr.trim(),
+        "siterelay: vmdk: bad.vmdk: sparse extent header is truncated: need 512 bytes, the file has 15"
+    );
+    let sesparse = dir.join("se.vmdk");
+    fs::write(
+        &sesparse,
+        "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"seSparse\"\n\
+         RW 100 SESPARSE \"x.vmdk\"\n",
+    )
+    .unwrap();
+    let finished = run(&["vmdk", "info", sesparse.to_str().unwrap()]);
+    assert!(!finished.status.success());
+    assert!(finished.stderr.contains("is not supported"), "{}", finished.stderr);
+    // The agent refuses it the same way, before connecting anywhere.
+    let finished = run(&[
+        "agent",
+        "--relay",
+        "127.0.0.1:9",
+        "--disk",
+        &format!("d0=vmdk:{}", sesparse.display()),
+        "--state-dir",
+        dir.join("state").to_str().unwrap(),
+        "--once",
+    ]);
+    assert!(!finished.status.success());
+    assert!(finished.stderr.contains("disk d0: vmdk: se.vmdk:"), "{}", finished.stderr);
+}

@@ -11,6 +11,7 @@ mod roles;
 mod signals;
 mod status;
 mod update_cli;
+mod vmdk_cli;
 
 use std::process::ExitCode;
 
@@ -77,6 +78,8 @@ usage:
   siterelay bundle create --out DIR --rollup ID --bundle-version N --component C=V ... --payload FILE ... --sign K ...
   siterelay bundle verify DIR --root FILE [--installed C=V ...] [--installed-bundle-version N]
       Release tooling for signed update bundles (docs/BUNDLES.md).
+  siterelay vmdk formats | info FILE | convert FILE OUT.raw
+      The VMDK create types and features supported; a chain's links; its view as raw.
   siterelay hwtest
       Hardware qualification checks (io_uring today).
   siterelay config check FILE
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
         "update" => update_cli::run(rest),
         "bundle" => bundle_cli::run(rest),
         "hwtest" => hardware_checks(rest),
+        "vmdk" => vmdk_cli::run(rest),
         "config" => roles::config(rest),
         "--version" | "version" => {
             println!("siterelay {}", env!("CARGO_PKG_VERSION"));
