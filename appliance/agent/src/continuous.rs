@@ -176,11 +176,7 @@ pub fn run_continuous(
                 lag: crate::lag::LagMeter::new(capture.disks.len()),
                 capture: &capture,
                 progress,
-                limits: SyncLimits {
-                    block_bytes: options.block_bytes,
-                    read_chunk_bytes: options.read_chunk_bytes,
-                    frame_payload_bytes: options.frame_payload_bytes,
-                },
+                limits: options.sync_limits(),
                 show_progress: options.progress,
                 stop: &stop,
             };

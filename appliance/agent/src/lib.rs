@@ -80,6 +80,16 @@ pub struct AgentOptions {
     pub take_over: bool,
 }
 
+impl AgentOptions {
+    pub(crate) fn sync_limits(&self) -> SyncLimits {
+        SyncLimits {
+            block_bytes: self.block_bytes,
+            read_chunk_bytes: self.read_chunk_bytes,
+            frame_payload_bytes: self.frame_payload_bytes,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
     Full,
@@ -150,11 +160,7 @@ pub fn snapshot_sync(options: &AgentOptions) -> Result<Vec<DiskReport>, AgentErr
         }
     }
     let (mut link, mut disks) = connect_for_sync(options, options.reconnect_timeout, &stop)?;
-    let limits = SyncLimits {
-        block_bytes: options.block_bytes,
-        read_chunk_bytes: options.read_chunk_bytes,
-        frame_payload_bytes: options.frame_payload_bytes,
-    };
+    let limits = options.sync_limits();
     let mut reports = Vec::with_capacity(disks.len());
     for (index, disk) in disks.iter_mut().enumerate() {
         let started = std::time::Instant::now();
@@ -264,11 +270,7 @@ fn sync_disks(
     disks: &mut [OpenDisk],
     stop: &AtomicBool,
 ) -> Result<Vec<DiskReport>, AgentError> {
-    let limits = SyncLimits {
-        block_bytes: options.block_bytes,
-        read_chunk_bytes: options.read_chunk_bytes,
-        frame_payload_bytes: options.frame_payload_bytes,
-    };
+    let limits = options.sync_limits();
     let mut reports = Vec::with_capacity(disks.len());
     for (index, disk) in disks.iter_mut().enumerate() {
         let progress =
