@@ -280,7 +280,7 @@ fn bad_point_and_disk_requests_are_refused_by_name() {
         ),
         (
             vec!["failover", "materialize", "--disk", "d0", "--output", "/tmp", "--format", "vhd"],
-            "siterelay: output format \"vhd\" is not one of raw, qcow2".into(),
+            "siterelay: output format \"vhd\" is not one of raw, qcow2, vmdk, vmdk-stream".into(),
         ),
         (
             vec!["failover", "materialize", "--disk", "d0", "--output", "/tmp"],

@@ -39,8 +39,8 @@ usage:
                           --nbd-listen ADDR|SOCKET [--json]
       Export a point read-write over NBD (copy-on-write: the replica stays untouched).
   siterelay failover materialize --connect TARGET --disk NAME [--point P] --output FILE
-                                 [--format raw|qcow2] [--wait] [--json]
-      Copy a point out to a new raw or qcow2 file.
+                                 [--format raw|qcow2|vmdk|vmdk-stream] [--wait] [--json]
+      Copy a point out to a new raw, qcow2 or VMDK file (vmdk-stream adds an OVF).
   siterelay failover unplanned --connect TARGET --disk NAME [--point P] --nbd-listen ADDR|SOCKET
       Fail a disk over: replication to it stops, the point is served read-write over NBD.
   siterelay failover planned --connect TARGET --relay RELAY --disk NAME --nbd-listen ADDR|SOCKET
