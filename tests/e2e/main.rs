@@ -17,6 +17,7 @@ mod failback;
 mod generation;
 mod groups;
 mod harness;
+mod hwtest;
 mod nbd_badinput;
 mod plans;
 mod points;

@@ -80,28 +80,46 @@ usage:
       Release tooling for signed update bundles (docs/BUNDLES.md).
   siterelay vmdk formats | info FILE | convert FILE OUT.raw
       The VMDK create types and features supported; a chain's links; its view as raw.
-  siterelay hwtest
-      Hardware qualification checks (io_uring today).
+  siterelay hwtest [--config FILE] [--cache-dir DIR] [--disks N] [--json]
+      Hardware qualification: io_uring, O_DIRECT, size and write rate of the cache disk,
+      cores and memory for N disks, clock synchronisation (pass / warn / fail each).
   siterelay config check FILE
       Validate a configuration file (unknown keys and bad values with line and column).
   siterelay --version | --help
 ";
 
-/// `siterelay hwtest`: the hardware qualification checks; fails if any check fails.
+/// `siterelay hwtest [--config FILE] [--cache-dir DIR] [--disks N] [--json]`: the hardware
+/// qualification checks against the configured relay cache; fails if any check fails.
 fn hardware_checks(rest: &[String]) -> Result<(), String> {
-    args::Args::parse("hwtest", rest, &[])?;
-    let checks = [hwtest::io_uring()];
-    let mut failed = 0;
-    for check in &checks {
-        match &check.outcome {
-            hwtest::Outcome::Pass => println!("{}: pass", check.name),
-            hwtest::Outcome::Warn(why) => println!("{}: warning: {why}", check.name),
-            hwtest::Outcome::Fail(why) => {
-                println!("{}: FAIL: {why}", check.name);
-                failed += 1;
-            }
+    let args = args::Args::parse(
+        "hwtest",
+        rest,
+        &[("config", true), ("cache-dir", true), ("disks", true), ("json", false)],
+    )?;
+    let config = roles::load_config(&args)?;
+    let load = hwtest::Load {
+        cache_dir: args
+            .value("cache-dir")
+            .map_or_else(|| config.relay.cache_dir.clone(), std::path::PathBuf::from),
+        cache_bytes_max: config.relay.cache_bytes_max,
+        disks: args.parsed("disks")?.unwrap_or(16),
+        write_test_bytes: 64 << 20,
+    };
+    let checks = hwtest::run(&load);
+    if args.flag("json") {
+        println!("{}", hwtest::to_json(&checks));
+    } else {
+        for check in &checks {
+            println!(
+                "{:<15} {:<4}  {}",
+                check.name,
+                check.outcome.as_str(),
+                check.outcome.detail()
+            );
         }
     }
+    let failed =
+        checks.iter().filter(|check| matches!(check.outcome, hwtest::Outcome::Fail(_))).count();
     if failed > 0 {
         return Err(format!("{failed} hardware check(s) failed"));
     }
