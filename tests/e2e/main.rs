@@ -18,6 +18,7 @@ mod generation;
 mod groups;
 mod harness;
 mod hwtest;
+mod image;
 mod nbd_badinput;
 mod plans;
 mod points;

@@ -2,6 +2,7 @@
 
 mod args;
 mod bundle_cli;
+mod image_cli;
 mod logger;
 mod nbd_client;
 mod operate;
@@ -80,6 +81,10 @@ usage:
       Release tooling for signed update bundles (docs/BUNDLES.md).
   siterelay vmdk formats | info FILE | convert FILE OUT.raw
       The VMDK create types and features supported; a chain's links; its view as raw.
+  siterelay image ova --disk RAW --out FILE.ova [--name N] [--version V] [--cpus N] [--memory-mib M]
+  siterelay image verify-ova FILE.ova
+      Pack a disk image as an OVA (streamOptimized VMDK, OVF with deployment properties,
+      SHA-256 manifest, descriptor first); check one (order, hashes, sizes).
   siterelay hwtest [--config FILE] [--cache-dir DIR] [--disks N] [--json]
       Hardware qualification: io_uring, O_DIRECT, size and write rate of the cache disk,
       cores and memory for N disks, clock synchronisation (pass / warn / fail each).
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
         "bundle" => bundle_cli::run(rest),
         "hwtest" => hardware_checks(rest),
         "vmdk" => vmdk_cli::run(rest),
+        "image" => image_cli::run(rest),
         "config" => roles::config(rest),
         "--version" | "version" => {
             println!("siterelay {}", env!("CARGO_PKG_VERSION"));

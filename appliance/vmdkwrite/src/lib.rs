@@ -60,6 +60,7 @@
 
 mod descriptor;
 mod layout;
+pub mod ova;
 mod ovf;
 mod scan;
 mod source;
@@ -67,7 +68,9 @@ mod sparse;
 mod stream;
 
 pub use descriptor::{geometry, Geometry};
-pub use ovf::{ovf_descriptor, xml_escape, OvfVm, STREAM_OPTIMIZED_FORMAT_URI};
+pub use ovf::{
+    ovf_descriptor, xml_escape, OvfProperty, OvfVm, ProductSection, STREAM_OPTIMIZED_FORMAT_URI,
+};
 #[cfg(unix)]
 pub use source::FileSource;
 pub use source::ReadAt;

@@ -23,6 +23,30 @@ pub struct OvfVm {
     pub capacity_bytes: u64,
     /// The virtual hardware family, `vmx-NN` (13 = ESXi 6.5 and later).
     pub hardware_version: u32,
+    /// A network the VM's one NIC (vmxnet3) connects to; none without it.
+    pub network: Option<String>,
+    /// Product name, version and the properties a deployment fills in (OVF environment).
+    pub product: Option<ProductSection>,
+}
+
+/// `ProductSection`: what the appliance is, and the properties asked at deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductSection {
+    pub product: String,
+    pub version: String,
+    pub properties: Vec<OvfProperty>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OvfProperty {
+    pub key: String,
+    /// `string`, `boolean`, `uint16`, …
+    pub kind: String,
+    pub default: String,
+    pub label: String,
+    pub description: String,
+    /// A secret: the deploying tool masks it (`ovf:password`).
+    pub password: bool,
 }
 
 impl OvfVm {
@@ -37,6 +61,8 @@ impl OvfVm {
             disk_file_bytes: report.file_bytes,
             capacity_bytes: report.capacity_bytes,
             hardware_version: 13,
+            network: None,
+            product: None,
         }
     }
 }
@@ -74,7 +100,30 @@ pub fn xml_escape(text: &str) -> String {
 pub fn ovf_descriptor(vm: &OvfVm) -> String {
     let name = xml_escape(&vm.name);
     let href = xml_escape(&vm.disk_file_name);
-    format!(
+    let (network_section, nic) = match &vm.network {
+        Some(network) => {
+            let network = xml_escape(network);
+            (
+                format!(
+                    "  <NetworkSection>\n    <Info>The networks the appliance uses</Info>\n    \
+                     <Network ovf:name=\"{network}\">\n      <Description>The appliance's \
+                     network</Description>\n    </Network>\n  </NetworkSection>\n"
+                ),
+                format!(
+                    "      <Item>\n        <rasd:AddressOnParent>7</rasd:AddressOnParent>\n        \
+                     <rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>\n        \
+                     <rasd:Connection>{network}</rasd:Connection>\n        \
+                     <rasd:ElementName>Network adapter 1</rasd:ElementName>\n        \
+                     <rasd:InstanceID>5</rasd:InstanceID>\n        \
+                     <rasd:ResourceSubType>vmxnet3</rasd:ResourceSubType>\n        \
+                     <rasd:ResourceType>10</rasd:ResourceType>\n      </Item>\n"
+                ),
+            )
+        }
+        None => (String::new(), String::new()),
+    };
+    let product_section = vm.product.as_ref().map_or_else(String::new, product_xml);
+    let descriptor = format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:cim="http://schemas.dmtf.org/wbem/wscim/1/common" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
   <References>
@@ -84,14 +133,14 @@ pub fn ovf_descriptor(vm: &OvfVm) -> String {
     <Info>Virtual disk information</Info>
     <Disk ovf:capacity="{capacity}" ovf:capacityAllocationUnits="byte" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="{format}"/>
   </DiskSection>
-  <VirtualSystem ovf:id="{name}">
+{network_section}  <VirtualSystem ovf:id="{name}">
     <Info>A virtual machine</Info>
     <Name>{name}</Name>
     <OperatingSystemSection ovf:id="102" vmw:osType="otherGuest64">
       <Info>The kind of installed guest operating system</Info>
       <Description>Other 64-bit</Description>
     </OperatingSystemSection>
-    <VirtualHardwareSection>
+{product_section}    <VirtualHardwareSection>
       <Info>Virtual hardware requirements</Info>
       <System>
         <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
@@ -131,7 +180,7 @@ pub fn ovf_descriptor(vm: &OvfVm) -> String {
         <rasd:Parent>3</rasd:Parent>
         <rasd:ResourceType>17</rasd:ResourceType>
       </Item>
-    </VirtualHardwareSection>
+{nic}    </VirtualHardwareSection>
   </VirtualSystem>
 </Envelope>
 "#,
@@ -141,5 +190,30 @@ pub fn ovf_descriptor(vm: &OvfVm) -> String {
         hw = vm.hardware_version,
         cpus = vm.cpus,
         memory = vm.memory_mib,
-    )
+    );
+    descriptor
+}
+
+fn product_xml(product: &ProductSection) -> String {
+    let mut out = format!(
+        "    <ProductSection ovf:required=\"false\">\n      <Info>The appliance and its \
+         deployment properties</Info>\n      <Product>{}</Product>\n      \
+         <Version>{}</Version>\n",
+        xml_escape(&product.product),
+        xml_escape(&product.version)
+    );
+    for property in &product.properties {
+        out += &format!(
+            "      <Property ovf:key=\"{}\" ovf:type=\"{}\" ovf:userConfigurable=\"true\" \
+             ovf:value=\"{}\"{}>\n        <Label>{}</Label>\n        \
+             <Description>{}</Description>\n      </Property>\n",
+            xml_escape(&property.key),
+            xml_escape(&property.kind),
+            xml_escape(&property.default),
+            if property.password { " ovf:password=\"true\"" } else { "" },
+            xml_escape(&property.label),
+            xml_escape(&property.description)
+        );
+    }
+    out + "    </ProductSection>\n"
 }
