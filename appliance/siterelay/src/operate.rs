@@ -204,8 +204,7 @@ const PLANNED_DRAIN_SECS: u64 = 600;
 pub(crate) fn drained(relay: SocketAddr, disk: &str, timeout: Duration) -> Result<u64, String> {
     let deadline = Instant::now() + timeout;
     loop {
-        let status: Value = serde_json::from_str(&crate::status::fetch(relay)?)
-            .map_err(|error| format!("bad status from {relay}: {error}"))?;
+        let status = crate::status::fetch_json(relay)?;
         let entry = status["disks"]
             .as_array()
             .and_then(|disks| disks.iter().find(|entry| entry["name"] == disk))

@@ -101,8 +101,7 @@ pub(crate) fn run(rest: &[String]) -> Result<(), String> {
     let reports = agent::sync_once(&options).map_err(|error| error.to_string())?;
     let seconds = started.elapsed().as_secs_f64();
     crate::roles::print_report(&reports[0]);
-    let status: serde_json::Value = serde_json::from_str(&crate::status::fetch(relay_addr)?)
-        .map_err(|error| error.to_string())?;
+    let status = crate::status::fetch_json(relay_addr)?;
     let disk = &status["disks"][0];
     let received = disk["bytes_received"].as_u64().unwrap_or(0);
     let stored = disk["bytes_stored"].as_u64().unwrap_or(0).max(1);
@@ -283,8 +282,7 @@ fn wait_for_state(
 ) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
-        let status: serde_json::Value = serde_json::from_str(&crate::status::fetch(relay)?)
-            .map_err(|error| error.to_string())?;
+        let status = crate::status::fetch_json(relay)?;
         if status["disks"][0]["state"] == state {
             return Ok(());
         }

@@ -29,6 +29,11 @@ pub(crate) fn fetch(addr: SocketAddr) -> Result<String, String> {
     ask(addr, &Frame::StatusRequest)
 }
 
+/// The peer's status document, parsed.
+pub(crate) fn fetch_json(addr: SocketAddr) -> Result<serde_json::Value, String> {
+    serde_json::from_str(&fetch(addr)?).map_err(|error| format!("bad status from {addr}: {error}"))
+}
+
 /// Sends one operator request (`StatusRequest` or `Control`) and returns the JSON reply; a
 /// refusal comes back as its message.
 pub(crate) fn ask(addr: SocketAddr, request: &Frame<'_>) -> Result<String, String> {

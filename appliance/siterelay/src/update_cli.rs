@@ -275,11 +275,6 @@ fn apply(rest: &[String]) -> Result<(), String> {
 /// The component whose version a node announces (its appliance release).
 const IMAGE: &str = "appliance-image";
 
-fn status_of(addr: std::net::SocketAddr) -> Result<serde_json::Value, String> {
-    serde_json::from_str(&crate::status::fetch(addr)?)
-        .map_err(|error| format!("bad status from {addr}: {error}"))
-}
-
 fn older(a: &str, b: &str) -> bool {
     match (rollup::Version::parse(a), rollup::Version::parse(b)) {
         (Ok(a), Ok(b)) => a < b,
@@ -296,7 +291,7 @@ fn check_relay_order(
     from: &str,
     new: &str,
 ) -> Result<(), String> {
-    let status = status_of(relay)?;
+    let status = crate::status::fetch_json(relay)?;
     let target = &status["target"];
     let Some(target_version) = target["version"].as_str() else {
         return Err(format!(
@@ -314,7 +309,7 @@ fn check_relay_order(
     let site = status["site"].as_str().unwrap_or("");
     let node = status["node"].as_str().unwrap_or("");
     if let Ok(target_addr) = target["address"].as_str().unwrap_or("").parse() {
-        let target_status = status_of(target_addr)?;
+        let target_status = crate::status::fetch_json(target_addr)?;
         for peer in target_status["relays"].as_array().into_iter().flatten() {
             let (peer_node, peer_version) =
                 (peer["node"].as_str().unwrap_or("?"), peer["version"].as_str().unwrap_or("?"));
@@ -347,7 +342,7 @@ fn check_agent_order(
     relay: std::net::SocketAddr,
     new: &str,
 ) -> Result<(), String> {
-    let status = status_of(relay)?;
+    let status = crate::status::fetch_json(relay)?;
     let relay_version = status["version"].as_str().unwrap_or("?").to_string();
     if older(&relay_version, new) {
         return Err(format!(
@@ -368,7 +363,7 @@ fn check_agent_order(
 /// Every node a relay knows (itself, its target, the other relays of the target, its agents)
 /// with its version, support state and next hop.
 fn known_nodes(matrix: &rollup::Matrix, relay: std::net::SocketAddr) -> Result<String, String> {
-    let status = status_of(relay)?;
+    let status = crate::status::fetch_json(relay)?;
     let mut nodes: Vec<(String, String, String, String)> = Vec::new();
     let text = |value: &serde_json::Value| value.as_str().unwrap_or("?").to_string();
     nodes.push((
@@ -386,7 +381,8 @@ fn known_nodes(matrix: &rollup::Matrix, relay: std::net::SocketAddr) -> Result<S
             text(&target["version"]),
         ));
         if let Ok(addr) = target["address"].as_str().unwrap_or("").parse() {
-            for peer in status_of(addr)?["relays"].as_array().into_iter().flatten() {
+            for peer in crate::status::fetch_json(addr)?["relays"].as_array().into_iter().flatten()
+            {
                 if peer["node"] != status["node"] {
                     nodes.push((
                         "relay".into(),

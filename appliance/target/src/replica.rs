@@ -159,11 +159,24 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
     move |source| TargetError::Io { action, path, source }
 }
 
-fn marker_kind(kind: wire::MarkerKind) -> Kind {
-    match kind {
-        wire::MarkerKind::Crash => Kind::Crash,
-        wire::MarkerKind::App => Kind::App,
-        wire::MarkerKind::Group => Kind::Group,
+impl MarkerEntry {
+    /// A marker frame, journaled at `seq`.
+    fn from_wire(seq: u64, marker: &wire::Marker) -> MarkerEntry {
+        let kind = match marker.kind {
+            wire::MarkerKind::Crash => Kind::Crash,
+            wire::MarkerKind::App => Kind::App,
+            wire::MarkerKind::Group => Kind::Group,
+        };
+        MarkerEntry { seq, kind, marker_id: marker.marker_id, time_unix_ms: marker.time_unix_ms }
+    }
+
+    /// The consistency boundary this marker makes.
+    fn boundary(&self) -> ConsistentPoint {
+        ConsistentPoint {
+            seq: self.seq,
+            marker_id: self.marker_id,
+            time_unix_ms: self.time_unix_ms,
+        }
     }
 }
 
@@ -454,11 +467,7 @@ impl Replica {
         }
         let logged = self.points.points.last().map_or(0, |point| point.seq);
         for marker in markers {
-            self.consistent = Some(ConsistentPoint {
-                seq: marker.seq,
-                marker_id: marker.marker_id,
-                time_unix_ms: marker.time_unix_ms,
-            });
+            self.consistent = Some(marker.boundary());
             if marker.seq > logged {
                 self.points.on_marker(&marker, self.retention.point_interval_ms, |_| false)?;
             }
@@ -499,12 +508,7 @@ impl Replica {
     ) -> Result<(), TargetError> {
         let frame = wire::RawFrame { frame_type, body }.decode().map_err(self.wire_error())?;
         match frame {
-            wire::Frame::Marker(marker) => markers.push(MarkerEntry {
-                seq,
-                kind: marker_kind(marker.kind),
-                marker_id: marker.marker_id,
-                time_unix_ms: marker.time_unix_ms,
-            }),
+            wire::Frame::Marker(marker) => markers.push(MarkerEntry::from_wire(seq, &marker)),
             wire::Frame::Writes(writes) => {
                 if writes.compression != wire::Compression::None {
                     return Err(TargetError::Metadata {
@@ -644,12 +648,7 @@ impl Replica {
                 self.index_extents(&writes.extents, seq, segment, data_at);
             }
             wire::Frame::Marker(marker) => {
-                self.staged_markers.push(MarkerEntry {
-                    seq,
-                    kind: marker_kind(marker.kind),
-                    marker_id: marker.marker_id,
-                    time_unix_ms: marker.time_unix_ms,
-                });
+                self.staged_markers.push(MarkerEntry::from_wire(seq, &marker));
                 journal::encode_record(frame_type as u8, body, &mut self.pending)
                     .map_err(journal_error)?;
             }
@@ -684,11 +683,7 @@ impl Replica {
             self.index.push(extent);
         }
         for marker in std::mem::take(&mut self.staged_markers) {
-            self.consistent = Some(ConsistentPoint {
-                seq: marker.seq,
-                marker_id: marker.marker_id,
-                time_unix_ms: marker.time_unix_ms,
-            });
+            self.consistent = Some(marker.boundary());
             self.consistent_points += 1;
             let pins = &self.pins;
             let interval = self.retention.point_interval_ms;
