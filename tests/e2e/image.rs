@@ -92,3 +92,198 @@ fn ova_is_read_by_tar_xml_sha256sum_and_qemu_img_and_damage_is_named() {
     assert!(!finished.status.success(), "a damaged OVA verified");
     assert!(finished.stderr.contains("ova: "), "{}", finished.stderr);
 }
+
+/// The appliance image's update path without a VM: slots are files standing in for the
+/// root-a/root-b partitions, the ESP is a directory. A signed image bundle lands in the
+/// inactive partition and gets a counted boot entry; the booted trial blesses it; a loader
+/// fallback or a failed health check removes it; damaged or unsuitable bundles are refused
+/// before anything is touched.
+#[test]
+fn image_bundles_go_to_the_inactive_partition_with_counted_boot_entries() {
+    let dir = TestDir::new("image-update");
+    let logs = dir.subdir("logs");
+    let path = |name: &str| dir.join(name).display().to_string();
+    let ok = |args: &[&str]| {
+        let finished = run_siterelay(args, &logs, COMMAND_TIMEOUT);
+        assert!(finished.status.success(), "siterelay {args:?}\n{}", finished.describe());
+        finished.stdout
+    };
+    for part in ["part-a", "part-b"] {
+        fs::File::create(dir.join(part)).unwrap().set_len(4 << 20).unwrap();
+    }
+    fs::create_dir_all(dir.join("esp")).unwrap();
+    let layout = serde_json::json!({
+        "esp": path("esp"), "partition_a": path("part-a"), "partition_b": path("part-b"),
+        "boot_tries": 2, "cmdline": "console=ttyS0",
+    });
+    fs::write(dir.join("layout.json"), layout.to_string()).unwrap();
+    ok(&["bundle", "keygen", "--out", &path("k1")]);
+    ok(&[
+        "bundle",
+        "root",
+        "--keys",
+        &path("k1"),
+        "--threshold",
+        "1",
+        "--version",
+        "1",
+        "--out",
+        &path("root.json"),
+    ]);
+    let state = path("state");
+    ok(&[
+        "update",
+        "init",
+        "--state-dir",
+        &state,
+        "--layout",
+        &path("layout.json"),
+        "--root",
+        &path("root.json"),
+        "--version",
+        "0.1.0",
+        "--component",
+        "appliance-image=0.1.0",
+    ]);
+    let entries = || {
+        let mut names: Vec<String> = fs::read_dir(dir.join("esp/loader/entries"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(entries(), ["siterelay-0-a.conf"]);
+    let cache = dir.subdir("cache");
+    let config = dir.join("appliance.toml");
+    fs::write(
+        &config,
+        format!(
+            "[relay]\ncache_dir = \"{}\"\ncache_bytes_max = \"64MiB\"\nsegment_bytes = \"16MiB\"\n",
+            cache.display()
+        ),
+    )
+    .unwrap();
+    let release = dir.join("release");
+    let bundle = |name: &str, version: &str, bundle_version: &str, payloads: &[&str]| {
+        let files = dir.subdir(&format!("payloads-{name}"));
+        let mut rng = Rng::new(bundle_version.len() as u64 * 7 + version.len() as u64);
+        let mut args = vec![
+            "bundle".to_string(),
+            "create".into(),
+            "--out".into(),
+            path(name),
+            "--rollup".into(),
+            format!("SR-{version}"),
+            "--bundle-version".into(),
+            bundle_version.into(),
+            "--component".into(),
+            format!("appliance-image={version}"),
+            "--sign".into(),
+            path("k1"),
+        ];
+        for payload in payloads {
+            let mut bytes = vec![0u8; if *payload == "root.img" { 1 << 20 } else { 4096 }];
+            rng.fill(&mut bytes);
+            fs::write(files.join(payload), &bytes).unwrap();
+            args.extend(["--payload".into(), files.join(payload).display().to_string()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(&refs);
+        path(name)
+    };
+    let refused = |args: &[&str], message: &str| {
+        let finished = run_siterelay(args, &logs, COMMAND_TIMEOUT);
+        assert!(!finished.status.success(), "siterelay {args:?} passed\n{}", finished.describe());
+        assert!(finished.stderr.contains(message), "{args:?}: {}", finished.stderr);
+    };
+    let image = ["root.img", "vmlinuz", "initrd.img"];
+
+    // Refused before anything is touched: a binary-only bundle, a damaged root image.
+    let binary_only = bundle("binary-only", "0.2.0", "2", &["siterelay"]);
+    refused(
+        &["update", "apply", &binary_only, "--state-dir", &state],
+        "the bundle has no \"root.img\" payload, which these slots need",
+    );
+    let damaged = bundle("damaged", "0.2.0", "2", &image);
+    let root_img = dir.join("damaged/payloads/root.img");
+    let mut bytes = fs::read(&root_img).unwrap();
+    bytes[1000] ^= 0x40;
+    fs::write(&root_img, &bytes).unwrap();
+    refused(
+        &["update", "apply", &damaged, "--state-dir", &state],
+        "payload \"root.img\" has sha256",
+    );
+    assert!(fs::read(dir.join("part-b")).unwrap().iter().all(|&b| b == 0), "slot b was touched");
+    assert_eq!(entries(), ["siterelay-0-a.conf"]);
+
+    // A good bundle: partition b, its kernel on the ESP, a counted entry that sorts first.
+    let good = bundle("good", "0.2.0", "2", &image);
+    ok(&["update", "apply", &good, "--state-dir", &state]);
+    let written = fs::read(dir.join("part-b")).unwrap();
+    assert_eq!(&written[..1 << 20], &fs::read(dir.join("payloads-good/root.img")).unwrap()[..]);
+    assert_eq!(
+        fs::read(dir.join("esp/EFI/siterelay/b/vmlinuz")).unwrap(),
+        fs::read(dir.join("payloads-good/vmlinuz")).unwrap()
+    );
+    assert_eq!(entries(), ["siterelay-0-a.conf", "siterelay-2-b+2.conf"]);
+    let status = ok(&["update", "status", "--state-dir", &state]);
+    assert!(status.contains("boot entries: siterelay-0-a.conf, siterelay-2-b+2.conf"), "{status}");
+
+    // The loader started b (and counted it); b's health check passes: blessed, active.
+    fs::rename(
+        dir.join("esp/loader/entries/siterelay-2-b+2.conf"),
+        dir.join("esp/loader/entries/siterelay-2-b+1-1.conf"),
+    )
+    .unwrap();
+    fs::write(&release, "siterelay-appliance 0.2.0\n").unwrap();
+    let booted = ok(&[
+        "update",
+        "boot",
+        "--state-dir",
+        &state,
+        "--booted-slot",
+        "b",
+        "--release-file",
+        release.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(booted.contains("updated to 0.2.0 (slot b)"), "{booted}");
+    assert_eq!(entries(), ["siterelay-0-a.conf", "siterelay-2-b.conf"]);
+
+    // 0.3.0 goes to a (a's old entry first), the loader falls back to b: dropped.
+    let next = bundle("next", "0.3.0", "3", &image);
+    ok(&["update", "apply", &next, "--state-dir", &state]);
+    assert_eq!(entries(), ["siterelay-2-b.conf", "siterelay-3-a+2.conf"]);
+    let fallback = ok(&["update", "boot", "--state-dir", &state, "--booted-slot", "b"]);
+    assert!(
+        fallback.contains(
+            "update to 0.3.0 rolled back: slot a did not pass its health check within its boot attempts"
+        ),
+        "{fallback}"
+    );
+    assert_eq!(entries(), ["siterelay-2-b.conf"]);
+
+    // Applied again, started, but its health check fails: removed, exit 75 (reboot).
+    let again = bundle("again", "0.3.0", "4", &image);
+    ok(&["update", "apply", &again, "--state-dir", &state]);
+    let finished = run_siterelay(
+        &[
+            "update",
+            "boot",
+            "--state-dir",
+            &state,
+            "--booted-slot",
+            "a",
+            "--release-file",
+            release.to_str().unwrap(),
+        ],
+        &logs,
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(finished.status.code(), Some(75), "{}", finished.describe());
+    assert!(finished.stdout.contains("its health check failed"), "{}", finished.stdout);
+    assert!(finished.stdout.contains("reboot to return to slot b (0.2.0)"), "{}", finished.stdout);
+    assert_eq!(entries(), ["siterelay-2-b.conf"]);
+}

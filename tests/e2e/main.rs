@@ -7,9 +7,12 @@
 //! - `SITERELAY_CRASH_TRIALS`, `SITERELAY_CRASH_SEED`: see `crash.rs`.
 //! - `SITERELAY_E2E_TMP`: where the temp dirs go (default: the system temp dir).
 //! - `SITERELAY_E2E_KEEP`: keep temp dirs of passing tests too.
+//! - Tests under `boot::` build the appliance image and boot it in QEMU (minutes);
+//!   `scripts/test` runs them after the rest.
 //! - `CI`: when set, a missing external tool (cmp, mkfs.ext4, ...) fails instead of skipping.
 
 mod badinput;
+mod boot;
 mod concurrent;
 mod config;
 mod crash;

@@ -26,8 +26,8 @@ use serde::Deserialize;
 pub use error::ConfigError;
 pub use locate::line_column;
 pub use sections::{
-    AgentConfig, ApplianceConfig, DiskConfig, GroupConfig, LogConfig, LogLevel, RelayConfig,
-    RetentionConfig, TargetConfig,
+    AgentConfig, ApplianceConfig, ApplianceRole, DiskConfig, GroupConfig, LogConfig, LogLevel,
+    RelayConfig, RetentionConfig, TargetConfig,
 };
 pub use size::{format_byte_size, parse_byte_size};
 pub use validate::validate_disk_name;

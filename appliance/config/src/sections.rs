@@ -73,10 +73,32 @@ pub struct LogConfig {
     pub level: LogLevel,
 }
 
+/// The role an appliance image runs (`siterelay appliance run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplianceRole {
+    /// The process server: agents send to it, it forwards to the target.
+    #[default]
+    Relay,
+    /// The recovery site: replicas and recovery points.
+    Target,
+}
+
+impl ApplianceRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplianceRole::Relay => "relay",
+            ApplianceRole::Target => "target",
+        }
+    }
+}
+
 /// `[appliance]`: who this node is, for update ordering and cluster membership.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApplianceConfig {
+    /// What the appliance image runs at boot.
+    pub role: ApplianceRole,
     /// The site this node belongs to: nodes of one role at one site form a cluster.
     pub site: String,
     /// This node's name (default: the host name).
@@ -89,6 +111,7 @@ pub struct ApplianceConfig {
 impl Default for ApplianceConfig {
     fn default() -> Self {
         ApplianceConfig {
+            role: ApplianceRole::Relay,
             site: String::new(),
             node: String::new(),
             update_state_dir: PathBuf::from("/var/lib/siterelay/update"),

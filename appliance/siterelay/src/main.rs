@@ -1,5 +1,6 @@
 //! `siterelay`: one binary for every role and tool of the appliance (design.md §1, §8).
 
+mod appliance_cli;
 mod args;
 mod bundle_cli;
 mod image_cli;
@@ -85,6 +86,9 @@ usage:
   siterelay image verify-ova FILE.ova
       Pack a disk image as an OVA (streamOptimized VMDK, OVF with deployment properties,
       SHA-256 manifest, descriptor first); check one (order, hashes, sizes).
+  siterelay appliance run --config FILE | ready --config FILE | ovf-config --env XML --out FILE
+      What the appliance image runs: the configured role (maintenance with the error in
+      `status` when the file is invalid), the wait for it, the first boot's OVF properties.
   siterelay hwtest [--config FILE] [--cache-dir DIR] [--disks N] [--json]
       Hardware qualification: io_uring, O_DIRECT, size and write rate of the cache disk,
       cores and memory for N disks, clock synchronisation (pass / warn / fail each).
@@ -152,6 +156,7 @@ fn main() -> ExitCode {
         "hwtest" => hardware_checks(rest),
         "vmdk" => vmdk_cli::run(rest),
         "image" => image_cli::run(rest),
+        "appliance" => appliance_cli::run(rest),
         "config" => roles::config(rest),
         "--version" | "version" => {
             println!("siterelay {}", env!("CARGO_PKG_VERSION"));

@@ -15,7 +15,7 @@ pub(crate) fn load_config(args: &Args) -> Result<Config, String> {
     }
 }
 
-fn read_config(path: &Path) -> Result<Config, String> {
+pub(crate) fn read_config(path: &Path) -> Result<Config, String> {
     let text =
         std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
     Config::from_toml(&text).map_err(|error| format!("{}: {error}", path.display()))
@@ -67,6 +67,11 @@ pub(crate) fn target(rest: &[String]) -> Result<(), String> {
     if let Some(dir) = args.value("data-dir") {
         config.target.data_dir = PathBuf::from(dir);
     }
+    run_target(config)
+}
+
+/// Serves the target role until it is stopped.
+pub(crate) fn run_target(config: Config) -> Result<(), String> {
     let config = validated(config)?;
     let options = target::TargetOptions {
         listen: config.target.listen,
@@ -137,6 +142,11 @@ pub(crate) fn relay(rest: &[String]) -> Result<(), String> {
     if let Some(dir) = args.value("cache-dir") {
         config.relay.cache_dir = PathBuf::from(dir);
     }
+    run_relay(config)
+}
+
+/// Serves the relay role until it is stopped.
+pub(crate) fn run_relay(config: Config) -> Result<(), String> {
     let config = validated(config)?;
     let relay =
         relay::Relay::bind(relay_options(&config.relay)).map_err(|error| error.to_string())?;

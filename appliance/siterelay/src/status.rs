@@ -89,6 +89,9 @@ fn render_table(status: &serde_json::Value) -> String {
     let mut out = String::new();
     let role = status["role"].as_str().unwrap_or("?");
     let version = status["version"].as_str().unwrap_or("?");
+    if let Some(error) = status["config_error"].as_str() {
+        return format!("appliance {version} in maintenance: configuration error: {error}\n");
+    }
     let empty = Vec::new();
     let disks = status["disks"].as_array().unwrap_or(&empty);
     if role == "relay" {

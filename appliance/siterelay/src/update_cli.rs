@@ -5,13 +5,14 @@
 //! State directory (`--state-dir`, default /var/lib/siterelay/update): `root.json` (the
 //! trusted root), `installed.json` (component versions of the first installation),
 //! `slots/` (slot-a, slot-b, boot-state.json; each slot holds its bundle's payloads and its
-//! `manifest.json`).
+//! `manifest.json`). With a `layout.json` (the appliance image), the slots are partitions
+//! chosen by systemd-boot entries instead (`update::PartitionSlots`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use update::{BootState, DirSlots, Slots, Start};
+use update::{BootState, DirSlots, Layout, PartitionSlots, SlotId, Slots, Start};
 
 use crate::args::Args;
 
@@ -20,6 +21,12 @@ const STATE_DIR_DEFAULT: &str = "/var/lib/siterelay/update";
 const BINARY_PAYLOAD: &str = "siterelay";
 const SLOT_MANIFEST: &str = "manifest.json";
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+const LAYOUT_FILE: &str = "layout.json";
+/// The image's version, written into each root image at build time.
+const RELEASE_FILE_DEFAULT: &str = "/etc/siterelay-release";
+/// `update boot`'s exit status when it rejected the trial the loader booted: the caller
+/// (the image's init) reboots, and the loader starts the previous slot.
+pub(crate) const EXIT_REBOOT_TO_FALLBACK: i32 = 75;
 
 /// The matrix this build ships with.
 const BUILTIN_MATRIX: &str = include_str!("../../../config/rollups.toml");
@@ -113,14 +120,37 @@ fn plan(rest: &[String]) -> Result<(), String> {
 
 struct UpdateState {
     dir: PathBuf,
-    slots: DirSlots,
+    slots: Box<dyn Slots>,
+    /// Set when the slots are partitions (the appliance image).
+    layout: Option<Layout>,
 }
 
 impl UpdateState {
-    fn open(args: &Args) -> UpdateState {
+    fn open(args: &Args) -> Result<UpdateState, String> {
         let dir = PathBuf::from(args.value("state-dir").unwrap_or(STATE_DIR_DEFAULT));
-        let slots = DirSlots::new(&dir.join("slots"));
-        UpdateState { dir, slots }
+        let layout_path = dir.join(LAYOUT_FILE);
+        let layout = match std::fs::read_to_string(&layout_path) {
+            Ok(text) => Some(
+                serde_json::from_str::<Layout>(&text)
+                    .map_err(|error| format!("{}: {error}", layout_path.display()))?,
+            ),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(format!("{}: {error}", layout_path.display())),
+        };
+        let slots: Box<dyn Slots> = match &layout {
+            Some(layout) => Box::new(PartitionSlots::new(layout.clone(), &dir.join("slots"))),
+            None => Box::new(DirSlots::new(&dir.join("slots"))),
+        };
+        Ok(UpdateState { dir, slots, layout })
+    }
+
+    /// The payloads a bundle must carry for these slots.
+    fn required_payloads(&self) -> &'static [&'static str] {
+        if self.layout.is_some() {
+            &[update::partition::ROOT_IMAGE, update::partition::KERNEL, update::partition::INITRD]
+        } else {
+            &[BINARY_PAYLOAD]
+        }
     }
 
     fn boot_state(&self) -> Result<BootState, String> {
@@ -164,9 +194,36 @@ fn init(rest: &[String]) -> Result<(), String> {
     let args = Args::parse(
         "update init",
         rest,
-        &[STATE_SPEC, ("root", true), ("version", true), ("component", true)],
+        &[
+            STATE_SPEC,
+            ("root", true),
+            ("version", true),
+            ("component", true),
+            ("layout", true),
+            ("esp-staging", true),
+        ],
     )?;
-    let state = UpdateState::open(&args);
+    if let Some(layout) = args.value("layout") {
+        // Partition slots: record the layout first, so the state below is saved through it.
+        let text = std::fs::read_to_string(layout).map_err(|error| format!("{layout}: {error}"))?;
+        let parsed: Layout =
+            serde_json::from_str(&text).map_err(|error| format!("{layout}: {error}"))?;
+        let dir = PathBuf::from(args.value("state-dir").unwrap_or(STATE_DIR_DEFAULT));
+        if dir.join(LAYOUT_FILE).exists() {
+            return Err(format!("{} already holds an installation", dir.display()));
+        }
+        std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+        let body = serde_json::to_string_pretty(&parsed).expect("layout serializes");
+        fsio::write_atomic(&dir.join(LAYOUT_FILE), body.as_bytes())
+            .map_err(|error| format!("{LAYOUT_FILE}: {error}"))?;
+    }
+    let mut state = UpdateState::open(&args)?;
+    if let (Some(staging), Some(layout)) = (args.value("esp-staging"), &state.layout) {
+        // At image build time the ESP is a directory that becomes the FAT image later.
+        let mut staged = layout.clone();
+        staged.esp = PathBuf::from(staging);
+        state.slots = Box::new(PartitionSlots::new(staged, &state.dir.join("slots")));
+    }
     if state.slots.load_state().ok().flatten().is_some() {
         return Err(format!("{} already holds an installation", state.dir.display()));
     }
@@ -210,7 +267,7 @@ fn apply(rest: &[String]) -> Result<(), String> {
         rest,
         &[STATE_SPEC, ("matrix", true), ("relay", true), ("agent-of", true)],
     )?;
-    let state = UpdateState::open(&args);
+    let state = UpdateState::open(&args)?;
     let boot = state.boot_state()?;
     let matrix = load_matrix(args.value("matrix"))?;
     let installed = state.installed(&boot)?;
@@ -230,8 +287,10 @@ fn apply(rest: &[String]) -> Result<(), String> {
     if let (Some(new_version), Some(relay)) = (&new_version, args.parsed("agent-of")?) {
         check_agent_order(&matrix, relay, new_version)?;
     }
-    if manifest.payload(BINARY_PAYLOAD).is_none() {
-        return Err(format!("the bundle has no {BINARY_PAYLOAD:?} payload to start"));
+    for required in state.required_payloads() {
+        if manifest.payload(required).is_none() {
+            return Err(format!("the bundle has no {required:?} payload, which these slots need"));
+        }
     }
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     for payload in &manifest.payloads {
@@ -264,8 +323,13 @@ fn apply(rest: &[String]) -> Result<(), String> {
             .map_err(|error| format!("root.json: {error}"))?;
     }
     state.save(&next)?;
+    let when = if state.layout.is_some() {
+        "the next boot starts it (reboot now)"
+    } else {
+        "it is tried at the next start (siterelay update boot)"
+    };
     println!(
-        "update {} ({version}) written to slot {} and verified; it is tried at the next start (siterelay update boot)",
+        "update {} ({version}) written to slot {} and verified; {when}",
         manifest.rollup,
         slot.as_str()
     );
@@ -464,69 +528,139 @@ fn run_version(program: &Path, args: &[&str], timeout: Duration) -> Result<Strin
 
 /// `update boot`: what the appliance runs at start. A scheduled update gets its one start:
 /// its binary must start and report its version, then it becomes the active slot; anything
-/// else (including this process dying first) goes back to the old slot.
+/// else (including this process dying first) goes back to the old slot. With partition
+/// slots the boot loader already chose the slot (`--booted-slot`, else `siterelay.slot=` on
+/// the kernel command line) and counts the trial's boots; this process is the new version.
 fn boot(rest: &[String]) -> Result<(), String> {
-    let args =
-        Args::parse("update boot", rest, &[STATE_SPEC, ("health-timeout", true), ("peer", true)])?;
-    let state = UpdateState::open(&args);
+    let args = Args::parse(
+        "update boot",
+        rest,
+        &[
+            STATE_SPEC,
+            ("health-timeout", true),
+            ("peer", true),
+            ("config", true),
+            ("booted-slot", true),
+            ("release-file", true),
+        ],
+    )?;
+    let state = UpdateState::open(&args)?;
     let boot = state.boot_state()?;
     let timeout = args.parsed::<u64>("health-timeout")?.map_or(HEALTH_TIMEOUT, Duration::from_secs);
-    let (start, next) = boot.start();
+    let (start, next) = match &state.layout {
+        Some(_) => boot.booted(booted_slot(&args)?),
+        None => boot.start(),
+    };
     // The start is used up before anything runs: a crash from here on is a failed trial.
     state.save(&next)?;
-    match start {
+    let slot = match start {
         Start::Active(slot) => {
             if let Some(outcome) = next.last_outcome.as_deref().filter(|_| boot.trial.is_some()) {
                 println!("{outcome}");
             }
+            if slot != next.active {
+                println!(
+                    "warning: the boot loader started slot {}, not the active slot {}",
+                    slot.as_str(),
+                    next.active.as_str()
+                );
+            }
             println!("running slot {} ({})", slot.as_str(), next.active_version);
-            Ok(())
+            return Ok(());
         }
-        Start::Trial(slot) => {
-            let trial = boot.trial.clone().expect("a trial start has a trial");
-            let binary = state.slots.slot_file(slot, BINARY_PAYLOAD);
-            let peers: Vec<String> = args.values("peer").to_vec();
-            let health = run_version(&binary, &["--version"], timeout)
-                .and_then(|out| {
-                    if out.contains(&trial.version) {
+        Start::Trial(slot) => slot,
+    };
+    let trial = boot.trial.clone().expect("a trial start has a trial");
+    let (binary, version_check) = match &state.layout {
+        Some(_) => {
+            let path = args.value("release-file").unwrap_or(RELEASE_FILE_DEFAULT);
+            let release = std::fs::read_to_string(path)
+                .map_err(|error| format!("{path}: {error}"))
+                .and_then(|text| {
+                    if text.contains(&trial.version) {
                         Ok(())
                     } else {
-                        Err(format!("it reports {:?}, not {}", out.trim(), trial.version))
+                        Err(format!("{path} says {:?}, not {}", text.trim(), trial.version))
                     }
-                })
-                .and_then(|()| {
-                    run_version(&binary, &["hwtest"], timeout)
-                        .map(|_| ())
-                        .map_err(|error| format!("its hardware checks failed: {error}"))
-                })
-                .and_then(|()| {
-                    // The new version must reach the peers this node works with.
-                    for peer in &peers {
-                        run_version(&binary, &["status", "--connect", peer, "--json"], timeout)
-                            .map_err(|error| format!("it cannot reach its peer {peer}: {error}"))?;
-                    }
-                    Ok(())
                 });
-            match health {
-                Ok(()) => {
-                    let confirmed = next.confirm().map_err(|error| error.to_string())?;
-                    state.save(&confirmed)?;
-                    println!("updated to {} (slot {})", trial.version, slot.as_str());
+            let binary = std::env::current_exe().map_err(|error| error.to_string())?;
+            (binary, release)
+        }
+        None => {
+            let binary = state.slots.slot_file(slot, BINARY_PAYLOAD);
+            let check = run_version(&binary, &["--version"], timeout).and_then(|out| {
+                if out.contains(&trial.version) {
+                    Ok(())
+                } else {
+                    Err(format!("it reports {:?}, not {}", out.trim(), trial.version))
                 }
-                Err(reason) => {
-                    let reason = format!("its health check failed: {reason}");
-                    let rejected = next.reject(&reason).map_err(|error| error.to_string())?;
-                    state.save(&rejected)?;
-                    println!("update to {} rolled back: {reason}", trial.version);
-                    println!(
-                        "running slot {} ({})",
-                        rejected.active.as_str(),
-                        rejected.active_version
-                    );
-                }
+            });
+            (binary, check)
+        }
+    };
+    let mut hwtest_args = vec!["hwtest"];
+    if let Some(config) = args.value("config") {
+        hwtest_args.extend(["--config", config]);
+    }
+    let peers: Vec<String> = args.values("peer").to_vec();
+    let health = version_check
+        .and_then(|()| {
+            run_version(&binary, &hwtest_args, timeout)
+                .map(|_| ())
+                .map_err(|error| format!("its hardware checks failed: {error}"))
+        })
+        .and_then(|()| {
+            // The new version must reach the peers this node works with.
+            for peer in &peers {
+                run_version(&binary, &["status", "--connect", peer, "--json"], timeout)
+                    .map_err(|error| format!("it cannot reach its peer {peer}: {error}"))?;
             }
             Ok(())
+        });
+    match health {
+        Ok(()) => {
+            let confirmed = next.confirm().map_err(|error| error.to_string())?;
+            state.save(&confirmed)?;
+            println!("updated to {} (slot {})", trial.version, slot.as_str());
+            Ok(())
         }
+        Err(reason) => {
+            let reason = format!("its health check failed: {reason}");
+            let rejected = next.reject(&reason).map_err(|error| error.to_string())?;
+            state.save(&rejected)?;
+            println!("update to {} rolled back: {reason}", trial.version);
+            if state.layout.is_some() {
+                println!(
+                    "reboot to return to slot {} ({})",
+                    rejected.active.as_str(),
+                    rejected.active_version
+                );
+                std::process::exit(EXIT_REBOOT_TO_FALLBACK);
+            }
+            println!("running slot {} ({})", rejected.active.as_str(), rejected.active_version);
+            Ok(())
+        }
+    }
+}
+
+/// The slot the boot loader started: `--booted-slot`, else `siterelay.slot=` in
+/// /proc/cmdline (the loader entry puts it there).
+fn booted_slot(args: &Args) -> Result<SlotId, String> {
+    let text = match args.value("booted-slot") {
+        Some(slot) => slot.to_string(),
+        None => std::fs::read_to_string("/proc/cmdline")
+            .map_err(|error| format!("/proc/cmdline: {error}"))?
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("siterelay.slot="))
+            .ok_or(
+                "the kernel command line names no slot (siterelay.slot=a|b); pass --booted-slot",
+            )?
+            .to_string(),
+    };
+    match text.as_str() {
+        "a" => Ok(SlotId::A),
+        "b" => Ok(SlotId::B),
+        other => Err(format!("unknown slot {other:?} (expected a or b)")),
     }
 }
 
@@ -538,7 +672,7 @@ fn status(rest: &[String]) -> Result<(), String> {
         rest,
         &[STATE_SPEC, ("matrix", true), ("bundle", true), ("relay", true)],
     )?;
-    let state = UpdateState::open(&args);
+    let state = UpdateState::open(&args)?;
     let boot = state.boot_state()?;
     let matrix = load_matrix(args.value("matrix"))?;
     let installed = state.installed(&boot)?;
@@ -554,6 +688,12 @@ fn status(rest: &[String]) -> Result<(), String> {
     }
     if let Some(outcome) = &boot.last_outcome {
         println!("last update: {outcome}");
+    }
+    if let Some(layout) = &state.layout {
+        let slots = PartitionSlots::new(layout.clone(), &state.dir.join("slots"));
+        let entries =
+            slots.entries().map_err(|error| format!("{}: {error}", layout.esp.display()))?;
+        println!("boot entries: {}", entries.join(", "));
     }
     for (component, version) in &installed {
         let support = support_text(&matrix, component, version);

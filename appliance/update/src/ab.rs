@@ -140,6 +140,28 @@ impl BootState {
         }
     }
 
+    /// A start where the boot loader, not this state, chose the slot (the appliance image:
+    /// systemd-boot counts the trial's boots). Booted into the trial slot: the health check
+    /// decides. Booted elsewhere while a trial waits: the loader gave up on it (it crashed,
+    /// hung or was rejected), so it is dropped.
+    pub fn booted(&self, slot: SlotId) -> (Start, BootState) {
+        let mut next = self.clone();
+        match &self.trial {
+            Some(trial) if trial.slot == slot => (Start::Trial(slot), next),
+            Some(trial) => {
+                next.last_outcome = Some(format!(
+                    "update to {} rolled back: slot {} did not pass its health check within its \
+                     boot attempts",
+                    trial.version,
+                    trial.slot.as_str()
+                ));
+                next.trial = None;
+                (Start::Active(slot), next)
+            }
+            None => (Start::Active(slot), next),
+        }
+    }
+
     /// The trial passed its health check: it becomes the active slot.
     pub fn confirm(&self) -> Result<BootState, AbError> {
         let trial = self.trial.clone().ok_or(AbError::NoTrial)?;
@@ -202,6 +224,23 @@ mod tests {
             Some("update to 0.2.0 rolled back: self check failed")
         );
         assert!(state.schedule_trial("0.2.0", 7).is_ok(), "a rolled-back bundle is re-appliable");
+    }
+
+    #[test]
+    fn a_loader_fallback_drops_the_trial() {
+        let state = BootState::new("0.1.0").schedule_trial("0.2.0", 7).unwrap();
+        assert_eq!(state.booted(SlotId::B), (Start::Trial(SlotId::B), state.clone()));
+        let (start, next) = state.booted(SlotId::A);
+        assert_eq!(start, Start::Active(SlotId::A));
+        assert_eq!(next.trial, None);
+        assert_eq!(
+            next.last_outcome.as_deref(),
+            Some(
+                "update to 0.2.0 rolled back: slot b did not pass its health check within its \
+                 boot attempts"
+            )
+        );
+        assert!(next.schedule_trial("0.2.0", 7).is_ok());
     }
 
     #[test]

@@ -23,7 +23,9 @@
 //!   end-of-stream marker.
 //!
 //! [`ovf_descriptor`] renders a minimal OVF 1.0 envelope for one VM with that disk on an
-//! LSI Logic SCSI controller.
+//! LSI Logic SCSI controller, UEFI firmware and, with a `ProductSection`, the OVF
+//! environment transports. [`ovfenv`] reads that environment back in the guest and turns
+//! the deployment's properties into the appliance's configuration file.
 //!
 //! # Capacity
 //!
@@ -62,6 +64,7 @@ mod descriptor;
 mod layout;
 pub mod ova;
 mod ovf;
+pub mod ovfenv;
 mod scan;
 mod source;
 mod sparse;

@@ -6,6 +6,11 @@ use crate::WriteReport;
 pub const STREAM_OPTIMIZED_FORMAT_URI: &str =
     "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized";
 
+/// How the hypervisor hands the OVF environment to the guest: as `ovf-env.xml` on an ISO
+/// in the CD-ROM drive, and in the VMware Tools property `guestinfo.ovfEnv`. Both, so the
+/// guest finds it whether or not it reads guestinfo.
+const OVF_ENV_TRANSPORT: &str = " ovf:transport=\"iso com.vmware.guestInfo\"";
+
 /// The VM an OVF descriptor describes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OvfVm {
@@ -97,6 +102,13 @@ pub fn xml_escape(text: &str) -> String {
 /// elements are in the schema's (alphabetical) order, which strict importers check. No
 /// network: a recovered VM gets its NICs where it lands. Names and the file name are
 /// escaped with [`xml_escape`].
+///
+/// The hardware asks for UEFI firmware (`vmw:Config firmware=efi`, not required so that
+/// other importers may skip it): the appliance disk has only an EFI system partition, so
+/// BIOS firmware would find nothing to boot. With a [`ProductSection`], the hardware
+/// section names the OVF environment transports (`iso com.vmware.guestInfo`): without
+/// them the hypervisor asks for the properties at deployment but never hands them to the
+/// guest ([`crate::ovfenv`] reads them there).
 pub fn ovf_descriptor(vm: &OvfVm) -> String {
     let name = xml_escape(&vm.name);
     let href = xml_escape(&vm.disk_file_name);
@@ -123,6 +135,7 @@ pub fn ovf_descriptor(vm: &OvfVm) -> String {
         None => (String::new(), String::new()),
     };
     let product_section = vm.product.as_ref().map_or_else(String::new, product_xml);
+    let transport = if vm.product.is_some() { OVF_ENV_TRANSPORT } else { "" };
     let descriptor = format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:cim="http://schemas.dmtf.org/wbem/wscim/1/common" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
@@ -140,7 +153,7 @@ pub fn ovf_descriptor(vm: &OvfVm) -> String {
       <Info>The kind of installed guest operating system</Info>
       <Description>Other 64-bit</Description>
     </OperatingSystemSection>
-{product_section}    <VirtualHardwareSection>
+{product_section}    <VirtualHardwareSection{transport}>
       <Info>Virtual hardware requirements</Info>
       <System>
         <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
@@ -180,7 +193,8 @@ pub fn ovf_descriptor(vm: &OvfVm) -> String {
         <rasd:Parent>3</rasd:Parent>
         <rasd:ResourceType>17</rasd:ResourceType>
       </Item>
-{nic}    </VirtualHardwareSection>
+{nic}      <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>
+    </VirtualHardwareSection>
   </VirtualSystem>
 </Envelope>
 "#,

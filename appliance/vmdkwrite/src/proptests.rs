@@ -5,15 +5,25 @@
 //! - declaring the data ranges exactly changes nothing in the output;
 //! - any capacity up to 1 TiB with a few data points writes without panicking, and the
 //!   report adds up.
+//! - the OVF environment reader never panics: on any text, on markup-heavy text, or on a
+//!   valid environment with bytes changed; a valid environment cut anywhere before the end
+//!   of its root element is an error, and cut after it reads whole;
+//! - an environment written with `xml_escape`d keys and values (any prefix, quote and
+//!   element form) reads back to the same properties.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 
-use proptest::collection::vec;
+use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
+use proptest::sample::Index;
 
+use crate::ovfenv::properties;
 use crate::testreader::parse;
 use crate::tests::{Patched, Sink};
-use crate::{write_monolithic_sparse, write_stream_optimized, VmdkOptions, GRAIN_BYTES};
+use crate::{
+    write_monolithic_sparse, write_stream_optimized, xml_escape, VmdkOptions, GRAIN_BYTES,
+};
 
 /// A patch: where, and its bytes (random, or one repeated byte that may be zero).
 fn patch(len: u64) -> impl Strategy<Value = (u64, Vec<u8>)> {
@@ -122,5 +132,131 @@ proptest! {
         if len <= 64 << 20 {
             prop_assert_eq!(parse(&out).allocated, grains.len() as u64);
         }
+    }
+}
+
+/// How one property is written: its prefix, its quote, and whether it is an empty element.
+type PropertyStyle = (usize, bool, bool);
+
+/// Printable text with a good share of what XML escapes (`[ -~]` holds `& < > " '`), and
+/// any Unicode text without control characters.
+fn printable(max: usize) -> impl Strategy<Value = String> {
+    prop_oneof![
+        proptest::string::string_regex(&format!("[ -~]{{0,{max}}}")).unwrap(),
+        proptest::string::string_regex(&format!("\\PC{{0,{max}}}")).unwrap(),
+    ]
+}
+
+fn environment_properties() -> impl Strategy<Value = BTreeMap<String, String>> {
+    btree_map(
+        printable(40).prop_filter("a key is not empty", |k| !k.is_empty()),
+        printable(80),
+        0..24,
+    )
+}
+
+/// An OVF environment holding `properties`, each written in the next of `styles`.
+fn environment(properties: &BTreeMap<String, String>, styles: &[PropertyStyle]) -> String {
+    let mut doc = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Environment \
+         xmlns=\"http://schemas.dmtf.org/ovf/environment/1\" \
+         xmlns:oe=\"http://schemas.dmtf.org/ovf/environment/1\" \
+         xmlns:e=\"http://schemas.dmtf.org/ovf/environment/1\" oe:id=\"\">\n  \
+         <PlatformSection>\n    <Kind>test</Kind>\n  </PlatformSection>\n  <PropertySection>\n",
+    );
+    for ((key, value), &(prefix, single, empty)) in properties.iter().zip(styles.iter().cycle()) {
+        let prefix = ["oe:", "", "e:"][prefix % 3];
+        let quote = if single { '\'' } else { '"' };
+        let end = if empty { "/>".to_string() } else { format!("></{prefix}Property>") };
+        doc += &format!(
+            "    <{prefix}Property {prefix}key={quote}{}{quote} \
+             {prefix}value={quote}{}{quote}{end}\n",
+            xml_escape(key),
+            xml_escape(value)
+        );
+    }
+    doc + "  </PropertySection>\n</Environment>\n"
+}
+
+fn styles() -> impl Strategy<Value = Vec<PropertyStyle>> {
+    vec((0usize..3, any::<bool>(), any::<bool>()), 1..6)
+}
+
+/// Text made of the pieces an environment is made of, to reach past the first check.
+fn markup_soup() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("<"),
+        Just(">"),
+        Just("/"),
+        Just("="),
+        Just("'"),
+        Just("\""),
+        Just("&"),
+        Just(";"),
+        Just("&amp;"),
+        Just("&#x41;"),
+        Just("&#"),
+        Just("<!--"),
+        Just("-->"),
+        Just("<?xml"),
+        Just("?>"),
+        Just("<![CDATA["),
+        Just("Environment"),
+        Just("PropertySection"),
+        Just("Property"),
+        Just("oe:key"),
+        Just("oe:value"),
+        Just(" "),
+        Just("\n"),
+        Just("a"),
+        Just("é"),
+    ];
+    vec(piece, 0..200).prop_map(|pieces| pieces.concat())
+}
+
+proptest! {
+    #[test]
+    fn environment_reader_never_panics_on_any_text(text in any::<String>(), soup in markup_soup()) {
+        let _ = properties(&text);
+        let _ = properties(&soup);
+    }
+
+    #[test]
+    fn environment_reader_never_panics_on_a_damaged_environment(
+        map in environment_properties(),
+        styles in styles(),
+        changes in vec((any::<Index>(), any::<u8>()), 1..8),
+        cut in any::<Index>(),
+    ) {
+        let doc = environment(&map, &styles);
+        let mut bytes = doc.clone().into_bytes();
+        for (at, byte) in &changes {
+            let at = at.index(bytes.len());
+            bytes[at] = *byte;
+        }
+        let damaged = String::from_utf8_lossy(&bytes);
+        if let Ok(read) = properties(&damaged) {
+            prop_assert!(read.len() <= map.len() + changes.len());
+        }
+        let damaged = String::from_utf8_lossy(&bytes[..cut.index(bytes.len())]);
+        let _ = properties(&damaged);
+
+        // A cut document is refused, unless the cut only drops what follows the root.
+        let mut cut = cut.index(doc.len());
+        while !doc.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let root_end = doc.rfind("</Environment>").unwrap() + "</Environment>".len();
+        if cut < root_end {
+            prop_assert!(properties(&doc[..cut]).is_err(), "{:?}", &doc[..cut]);
+        } else {
+            prop_assert_eq!(properties(&doc[..cut]), Ok(map));
+        }
+    }
+
+    #[test]
+    fn escaped_properties_read_back(map in environment_properties(), styles in styles()) {
+        let doc = environment(&map, &styles);
+        prop_assert_eq!(properties(&doc), Ok(map), "{}", doc);
     }
 }

@@ -3,7 +3,8 @@ use std::io::{self, Cursor, Seek, SeekFrom, Write};
 use crate::testreader::parse;
 use crate::{
     capacity_for, geometry, ovf_descriptor, write_monolithic_sparse, write_stream_optimized,
-    xml_escape, Geometry, OvfVm, ReadAt, VmdkOptions, VmdkWriteError, WriteReport, MAX_CAPACITY,
+    xml_escape, Geometry, OvfProperty, OvfVm, ProductSection, ReadAt, VmdkOptions, VmdkWriteError,
+    WriteReport, MAX_CAPACITY,
 };
 
 /// A disk of `len` bytes, zero except for `(offset, bytes)` patches; it declares exactly
@@ -454,4 +455,54 @@ fn ovf_is_well_formed_and_complete() {
     assert!(x.contains("<rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>"));
     assert!(x.contains("<rasd:Parent>3</rasd:Parent>"));
     assert!(x.contains("<vssd:VirtualSystemType>vmx-13</vssd:VirtualSystemType>"));
+    // UEFI, after the last Item: the appliance disk has only an EFI system partition.
+    assert!(x.contains(" xmlns:vmw=\"http://www.vmware.com/schema/ovf\" "));
+    assert!(x.contains(
+        "      </Item>\n      <vmw:Config ovf:required=\"false\" vmw:key=\"firmware\" \
+         vmw:value=\"efi\"/>\n    </VirtualHardwareSection>\n"
+    ));
+    // No properties, so no environment to transport.
+    assert!(x.contains("    <VirtualHardwareSection>\n"));
+    assert!(!x.contains("ovf:transport"));
+}
+
+#[test]
+fn ovf_with_properties_transports_the_environment() {
+    let report = WriteReport {
+        capacity_bytes: 1 << 20,
+        grains_total: 16,
+        grains_written: 1,
+        tables_written: 1,
+        bytes_read: 1 << 16,
+        file_bytes: 70_000,
+    };
+    let mut vm = OvfVm::for_disk("appliance", "appliance-disk1.vmdk", &report);
+    vm.network = Some("VM Network".into());
+    vm.product = Some(ProductSection {
+        product: "siterelay".into(),
+        version: "1.2.3".into(),
+        properties: vec![OvfProperty {
+            key: "siterelay.role".into(),
+            kind: "string".into(),
+            default: "relay".into(),
+            label: "Role".into(),
+            description: "relay or target".into(),
+            password: false,
+        }],
+    });
+    let x = ovf_descriptor(&vm);
+    let names = check_xml(&x);
+    assert_eq!(names.iter().filter(|n| *n == "VirtualHardwareSection").count(), 1);
+    assert_eq!(names.iter().filter(|n| *n == "Item").count(), 5);
+    assert_eq!(names.iter().filter(|n| *n == "vmw:Config").count(), 1);
+    assert!(x.contains(
+        "    </ProductSection>\n    \
+         <VirtualHardwareSection ovf:transport=\"iso com.vmware.guestInfo\">\n"
+    ));
+    // The firmware setting follows the NIC, the last Item.
+    assert!(x.contains(
+        "<rasd:ResourceType>10</rasd:ResourceType>\n      </Item>\n      <vmw:Config \
+         ovf:required=\"false\" vmw:key=\"firmware\" vmw:value=\"efi\"/>\n    \
+         </VirtualHardwareSection>\n"
+    ));
 }
