@@ -110,7 +110,15 @@ struct Vm {
 }
 
 impl Vm {
-    fn boot(disk: &Path, vars: &Path, media: Option<&Path>, relay_port: u16, log: PathBuf) -> Vm {
+    /// `media`: an update media disk; `cdrom`: an ISO in the CD drive.
+    fn boot(
+        disk: &Path,
+        vars: &Path,
+        media: Option<&Path>,
+        cdrom: Option<&Path>,
+        relay_port: u16,
+        log: PathBuf,
+    ) -> Vm {
         let mut args: Vec<String> = [
             "-accel", "tcg", "-machine", "q35", "-m", "1024", "-display", "none", "-serial",
             "stdio", "-monitor", "none",
@@ -135,6 +143,9 @@ impl Vm {
                 "-drive".into(),
                 format!("if=virtio,format=raw,readonly=on,file={}", media.display()),
             ]);
+        }
+        if let Some(iso) = cdrom {
+            args.extend(["-cdrom".into(), iso.display().to_string()]);
         }
         let out = fs::File::create(&log).unwrap();
         let mut child = Command::new(tool("qemu-system-x86_64"))
@@ -241,7 +252,7 @@ fn replicate(relay: std::net::SocketAddr, disk: &Path, dir: &TestDir, run: &str)
 
 #[test]
 fn appliance_boots_replicates_updates_in_place_and_rolls_back_a_bad_update() {
-    if !require_tools("boot", &["qemu-system-x86_64", "qemu-img", "mkfs.ext4", "cmp"]) {
+    if !require_tools("boot", &["qemu-system-x86_64", "qemu-img", "mkfs.ext4", "genisoimage"]) {
         return;
     }
     assert!(
@@ -254,28 +265,33 @@ fn appliance_boots_replicates_updates_in_place_and_rolls_back_a_bad_update() {
     // The recovery site: a target on the host, reached from the VM's user network at 10.0.2.2.
     let mut target = Server::target(&dir.join("target-data"), &logs);
     target.start();
-    let config = dir.join("appliance.toml");
-    let defaults =
-        fs::read_to_string(repo().join("image/rootfs/etc/siterelay/appliance.toml")).unwrap();
-    let target_line = format!("target = \"10.0.2.2:{}\"", target.addr().port());
-    let configured = defaults
-        .lines()
-        .map(
-            |line| {
-                if line.starts_with("target =") {
-                    target_line.clone()
-                } else {
-                    line.to_string()
-                }
-            },
-        )
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(configured.contains(&target_line));
-    fs::write(&config, configured).unwrap();
+    // Its address comes from the OVF environment on the CD at first boot, as a hypervisor
+    // deploying the OVA with the property siterelay.target set would hand it over.
+    let env_dir = dir.subdir("ovfenv");
+    fs::write(
+        env_dir.join("ovf-env.xml"),
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Environment \
+             xmlns=\"http://schemas.dmtf.org/ovf/environment/1\" \
+             xmlns:oe=\"http://schemas.dmtf.org/ovf/environment/1\" oe:id=\"\">\n  \
+             <PropertySection>\n    <Property oe:key=\"siterelay.role\" oe:value=\"relay\"/>\n    \
+             <Property oe:key=\"siterelay.target\" oe:value=\"10.0.2.2:{}\"/>\n  \
+             </PropertySection>\n</Environment>\n",
+            target.addr().port()
+        ),
+    )
+    .unwrap();
+    let env_iso = dir.join("ovf-env.iso");
+    let args: Vec<OsString> = ["-quiet", "-V", "OVF ENV", "-r", "-J", "-o"]
+        .iter()
+        .map(OsString::from)
+        .chain([env_iso.clone().into_os_string(), env_dir.into_os_string()])
+        .collect();
+    let iso = run_tool("genisoimage", &args, &logs, COMMAND_TIMEOUT);
+    assert!(iso.status.success(), "genisoimage: {}", iso.describe());
 
     let base = dir.join("image-0.1.0");
-    build_image(&base, "0.1.0", &["--config", config.to_str().unwrap()], &logs);
+    build_image(&base, "0.1.0", &[], &logs);
     let ova = base.join("siterelay-0.1.0.ova");
     let ova_bytes = fs::metadata(&ova).unwrap().len();
     assert!(ova_bytes <= 64 << 20, "the OVA is {} MiB, over 64 MiB", ova_bytes >> 20);
@@ -298,7 +314,9 @@ fn appliance_boots_replicates_updates_in_place_and_rolls_back_a_bad_update() {
 
     // Boot 1: first boot from slot a; replicate through the relay in the VM.
     let started = Instant::now();
-    let mut vm = Vm::boot(&disk, &vars, None, relay_port, logs.join("console-1.log"));
+    let mut vm =
+        Vm::boot(&disk, &vars, None, Some(&env_iso), relay_port, logs.join("console-1.log"));
+    vm.expect("written from /run/ovfenv/ovf-env.xml (role relay)", BOOT_TIMEOUT);
     let first_data = vm.expect("siterelay-appliance: data:", BOOT_TIMEOUT);
     let ready = vm.expect("SITERELAY-READY", BOOT_TIMEOUT);
     let boot_secs = started.elapsed().as_secs_f64();
@@ -321,20 +339,9 @@ fn appliance_boots_replicates_updates_in_place_and_rolls_back_a_bad_update() {
     let key = base.join("update-1.key");
     let root = base.join("update-root.json");
     let next = dir.join("image-0.2.0");
-    build_image(
-        &next,
-        "0.2.0",
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--update-root",
-            root.to_str().unwrap(),
-            "--no-ova",
-        ],
-        &logs,
-    );
+    build_image(&next, "0.2.0", &["--update-root", root.to_str().unwrap(), "--no-ova"], &logs);
     let media = update_media(&next, "0.2.0", 2, &key, &logs);
-    let mut vm = Vm::boot(&disk, &vars, Some(&media), relay_port, logs.join("console-2.log"));
+    let mut vm = Vm::boot(&disk, &vars, Some(&media), None, relay_port, logs.join("console-2.log"));
     vm.expect("update media: applying the bundle", BOOT_TIMEOUT);
     vm.expect("written to slot b and verified", BOOT_TIMEOUT);
     vm.expect("rebooting into the new slot", BOOT_TIMEOUT);
@@ -347,6 +354,14 @@ fn appliance_boots_replicates_updates_in_place_and_rolls_back_a_bad_update() {
         data_b.split(',').next(),
         "the configuration on the data partition changed across the update"
     );
+    // The relay's cache journal from slot a is still there for slot b.
+    let cache_files: u32 = data_b
+        .rsplit(", ")
+        .next()
+        .and_then(|tail| tail.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no cache file count in {data_b:?}"));
+    assert!(cache_files >= 1, "the relay's cache did not survive the update: {data_b}");
     modify_regions(&source, 0xb007_0002, 16, 256 << 10);
     replicate(relay, &source, &dir, "agent-slot-b");
     replica_converges(&source, &replica, REPLICA_PRUNE_TIMEOUT)
@@ -359,18 +374,11 @@ fn appliance_boots_replicates_updates_in_place_and_rolls_back_a_bad_update() {
     build_image(
         &broken,
         "0.3.0",
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--update-root",
-            root.to_str().unwrap(),
-            "--no-ova",
-            "--broken-binary",
-        ],
+        &["--update-root", root.to_str().unwrap(), "--no-ova", "--broken-binary"],
         &logs,
     );
     let media = update_media(&broken, "0.3.0", 3, &key, &logs);
-    let mut vm = Vm::boot(&disk, &vars, Some(&media), relay_port, logs.join("console-3.log"));
+    let mut vm = Vm::boot(&disk, &vars, Some(&media), None, relay_port, logs.join("console-3.log"));
     vm.expect("written to slot a and verified", BOOT_TIMEOUT);
     // Two boot attempts (the image's boot_tries), each ending in a reboot; then slot b.
     for _ in 0..2 {

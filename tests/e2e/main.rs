@@ -11,6 +11,7 @@
 //!   `scripts/test` runs them after the rest.
 //! - `CI`: when set, a missing external tool (cmp, mkfs.ext4, ...) fails instead of skipping.
 
+mod appliance;
 mod badinput;
 mod boot;
 mod concurrent;

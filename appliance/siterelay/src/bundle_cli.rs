@@ -157,6 +157,7 @@ fn create(rest: &[String]) -> Result<(), String> {
         ("sign", true),
         ("expires-days", true),
         ("root", true),
+        ("product", true),
     ];
     let args = Args::parse("bundle create", rest, SPEC)?;
     let out = PathBuf::from(args.value("out").ok_or("bundle create: --out DIR is required")?);
@@ -186,8 +187,10 @@ fn create(rest: &[String]) -> Result<(), String> {
         components.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let min_refs: Vec<(&str, &str)> =
         min_source.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // Another product's bundles can be made with the same tooling; appliances refuse them.
+    let product = args.value("product").unwrap_or(bundle::PRODUCT);
     let manifest = bundle::create_manifest(
-        bundle::PRODUCT,
+        product,
         rollup,
         bundle_version,
         now_unix() + days * DAY_SECS,

@@ -39,9 +39,10 @@ fn properties() -> Vec<vmdkwrite::OvfProperty> {
         ),
         property(
             "siterelay.listen",
-            "0.0.0.0:7700",
+            "",
             "Listen address",
-            "IP:port the role listens on",
+            "IP:port the role listens on (empty: 0.0.0.0:7700 for a relay, 0.0.0.0:7800 for a \
+             target)",
             false,
         ),
         property(

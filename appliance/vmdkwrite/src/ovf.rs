@@ -10,6 +10,23 @@ pub const STREAM_OPTIMIZED_FORMAT_URI: &str =
 /// in the CD-ROM drive, and in the VMware Tools property `guestinfo.ovfEnv`. Both, so the
 /// guest finds it whether or not it reads guestinfo.
 const OVF_ENV_TRANSPORT: &str = " ovf:transport=\"iso com.vmware.guestInfo\"";
+/// An IDE controller and an empty CD drive on it, for the OVF environment's ISO.
+const CD_DRIVE_ITEMS: &str = "      <Item>
+        <rasd:Address>0</rasd:Address>
+        <rasd:Description>IDE Controller</rasd:Description>
+        <rasd:ElementName>IDE controller 0</rasd:ElementName>
+        <rasd:InstanceID>6</rasd:InstanceID>
+        <rasd:ResourceType>5</rasd:ResourceType>
+      </Item>
+      <Item ovf:required=\"false\">
+        <rasd:AddressOnParent>0</rasd:AddressOnParent>
+        <rasd:AutomaticAllocation>false</rasd:AutomaticAllocation>
+        <rasd:ElementName>CD/DVD drive 1</rasd:ElementName>
+        <rasd:InstanceID>7</rasd:InstanceID>
+        <rasd:Parent>6</rasd:Parent>
+        <rasd:ResourceType>15</rasd:ResourceType>
+      </Item>
+";
 
 /// The VM an OVF descriptor describes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +153,8 @@ pub fn ovf_descriptor(vm: &OvfVm) -> String {
     };
     let product_section = vm.product.as_ref().map_or_else(String::new, product_xml);
     let transport = if vm.product.is_some() { OVF_ENV_TRANSPORT } else { "" };
+    // The `iso` transport needs a CD drive to put the environment's ISO in.
+    let cd_drive = if vm.product.is_some() { CD_DRIVE_ITEMS } else { "" };
     let descriptor = format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:cim="http://schemas.dmtf.org/wbem/wscim/1/common" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
@@ -193,7 +212,7 @@ pub fn ovf_descriptor(vm: &OvfVm) -> String {
         <rasd:Parent>3</rasd:Parent>
         <rasd:ResourceType>17</rasd:ResourceType>
       </Item>
-{nic}      <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>
+{nic}{cd_drive}      <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>
     </VirtualHardwareSection>
   </VirtualSystem>
 </Envelope>

@@ -493,15 +493,18 @@ fn ovf_with_properties_transports_the_environment() {
     let x = ovf_descriptor(&vm);
     let names = check_xml(&x);
     assert_eq!(names.iter().filter(|n| *n == "VirtualHardwareSection").count(), 1);
-    assert_eq!(names.iter().filter(|n| *n == "Item").count(), 5);
+    // CPU, memory, SCSI controller, disk, NIC, IDE controller, CD drive (for the `iso`
+    // transport).
+    assert_eq!(names.iter().filter(|n| *n == "Item").count(), 7);
+    assert!(x.contains("<rasd:ResourceType>15</rasd:ResourceType>"), "no CD drive:\n{x}");
     assert_eq!(names.iter().filter(|n| *n == "vmw:Config").count(), 1);
     assert!(x.contains(
         "    </ProductSection>\n    \
          <VirtualHardwareSection ovf:transport=\"iso com.vmware.guestInfo\">\n"
     ));
-    // The firmware setting follows the NIC, the last Item.
+    // The firmware setting follows the CD drive, the last Item.
     assert!(x.contains(
-        "<rasd:ResourceType>10</rasd:ResourceType>\n      </Item>\n      <vmw:Config \
+        "<rasd:ResourceType>15</rasd:ResourceType>\n      </Item>\n      <vmw:Config \
          ovf:required=\"false\" vmw:key=\"firmware\" vmw:value=\"efi\"/>\n    \
          </VirtualHardwareSection>\n"
     ));
