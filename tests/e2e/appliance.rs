@@ -133,6 +133,45 @@ fn an_invalid_configuration_is_reported_in_status_and_the_role_starts_once_corre
     let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(value["role"], "maintenance");
 
+    // Valid, but the role cannot run (its cache directory would be under a file): maintenance
+    // again, saying why, until the file changes.
+    let blocker = dir.join("not-a-directory");
+    fs::write(&blocker, "x").unwrap();
+    fs::write(
+        &config,
+        format!(
+            "[relay]\nlisten = \"127.0.0.1:{port}\"\ntarget = \"127.0.0.1:9\"\ncache_dir = \"{}\"\n\
+             cache_bytes_max = \"64MiB\"\nsegment_bytes = \"16MiB\"\n",
+            blocker.join("cache").display()
+        ),
+    )
+    .unwrap();
+    let ended =
+        maintenance.wait(Duration::from_secs(20)).expect("maintenance did not notice the change");
+    assert!(ended.status.success(), "{}", ended.describe());
+    assert!(
+        ended.stderr.contains("siterelay-appliance: CONFIGURATION ERROR: "),
+        "{}",
+        ended.stderr
+    );
+    let maintenance = Running::spawn(&args(&[]), &logs, "role-failing");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let finished =
+            run_siterelay(&["status", "--connect", &maintenance_listen], &logs, COMMAND_TIMEOUT);
+        if finished.status.success() {
+            break finished.stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no maintenance after the role failed: {}",
+            finished.describe()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.contains(" in maintenance: the relay role stopped: "), "{status}");
+    assert!(status.contains("not-a-directory"), "{status}");
+
     // Corrected: maintenance ends by itself, and the role starts from the same file.
     let cache = dir.join("cache");
     fs::write(
@@ -148,7 +187,7 @@ fn an_invalid_configuration_is_reported_in_status_and_the_role_starts_once_corre
         maintenance.wait(Duration::from_secs(20)).expect("maintenance did not notice the fix");
     assert!(ended.status.success(), "{}", ended.describe());
     assert!(
-        ended.stderr.contains("siterelay-appliance: CONFIGURATION ERROR: "),
+        ended.stderr.contains("siterelay-appliance: the relay role stopped: "),
         "{}",
         ended.stderr
     );

@@ -4,7 +4,8 @@
 //!   respawn; a configuration that does not validate puts the appliance in *maintenance*:
 //!   the error goes to the console and to `run-dir/config-error`, and a status responder on
 //!   the role's port answers `siterelay status` with it, until the file changes (then `run`
-//!   returns and the init starts it again, with the corrected file).
+//!   returns and the init starts it again, with the corrected file). A role that stops with
+//!   an error (its cache directory, its port) gives maintenance too, retried after 30 s.
 //! - `ready` waits until the role answers its status, for the init's "ready" line.
 //! - `ovf-config` writes the first boot's configuration from the OVF environment.
 
@@ -22,6 +23,8 @@ const RUN_DIR_DEFAULT: &str = "/run/siterelay";
 const MAINTENANCE_LISTEN_DEFAULT: &str = "0.0.0.0:7700";
 /// How often maintenance looks for a corrected configuration file.
 const CONFIG_POLL: Duration = Duration::from_secs(1);
+/// A role that stopped is tried again after this long even if the file did not change.
+const ROLE_RETRY: Duration = Duration::from_secs(30);
 /// A status client gets this long to send its request.
 const MAINTENANCE_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes read from one maintenance client before it is dropped (a Hello and a request).
@@ -62,22 +65,13 @@ fn run_role(rest: &[String]) -> Result<(), String> {
             .map_err(|error| format!("{}: invalid settings: {error}", path.display()))?;
         Ok(config)
     });
-    match checked {
-        Ok(config) => {
-            let _ = std::fs::remove_file(&error_file);
-            let pid = std::process::id().to_string();
-            fsio::write_atomic(&run_dir.join("role.pid"), pid.as_bytes())
-                .map_err(|error| format!("{}: {error}", run_dir.display()))?;
-            eprintln!(
-                "siterelay-appliance: starting the {} role from {}",
-                config.appliance.role.as_str(),
-                path.display()
-            );
-            match config.appliance.role {
-                config::ApplianceRole::Relay => crate::roles::run_relay(config),
-                config::ApplianceRole::Target => crate::roles::run_target(config),
-            }
-        }
+    let maintenance_listen: SocketAddr = args
+        .value("maintenance-listen")
+        .unwrap_or(MAINTENANCE_LISTEN_DEFAULT)
+        .parse()
+        .map_err(|parse_error| format!("--maintenance-listen: {parse_error}"))?;
+    let config = match checked {
+        Ok(config) => config,
         Err(error) => {
             eprintln!("siterelay-appliance: CONFIGURATION ERROR: {error}");
             eprintln!(
@@ -87,34 +81,64 @@ fn run_role(rest: &[String]) -> Result<(), String> {
             );
             fsio::write_atomic(&error_file, error.as_bytes())
                 .map_err(|write_error| format!("{}: {write_error}", error_file.display()))?;
-            let listen: SocketAddr = args
-                .value("maintenance-listen")
-                .unwrap_or(MAINTENANCE_LISTEN_DEFAULT)
-                .parse()
-                .map_err(|parse_error| format!("--maintenance-listen: {parse_error}"))?;
-            maintenance(listen, &path, &error)
+            let problem = Problem { key: "config_error", text: error };
+            return maintenance(maintenance_listen, &path, &problem, None);
         }
-    }
+    };
+    let _ = std::fs::remove_file(&error_file);
+    let pid = std::process::id().to_string();
+    fsio::write_atomic(&run_dir.join("role.pid"), pid.as_bytes())
+        .map_err(|error| format!("{}: {error}", run_dir.display()))?;
+    let role = config.appliance.role.as_str();
+    eprintln!("siterelay-appliance: starting the {role} role from {}", path.display());
+    let listen = match config.appliance.role {
+        config::ApplianceRole::Relay => config.relay.listen,
+        config::ApplianceRole::Target => config.target.listen,
+    };
+    let outcome = match config.appliance.role {
+        config::ApplianceRole::Relay => crate::roles::run_relay(config),
+        config::ApplianceRole::Target => crate::roles::run_target(config),
+    };
+    let Err(error) = outcome else { return Ok(()) };
+    // A role that cannot run (its cache directory, its port) stays reachable too: status
+    // says why, and it is tried again when the file changes or after a while.
+    let text = format!("the {role} role stopped: {error}");
+    eprintln!("siterelay-appliance: {text}");
+    let problem = Problem { key: "role_error", text };
+    maintenance(listen, &path, &problem, Some(ROLE_RETRY))
+}
+
+/// Why the appliance is in maintenance, as its status document names it.
+struct Problem {
+    /// `config_error` or `role_error`.
+    key: &'static str,
+    text: String,
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|meta| meta.modified()).ok()
 }
 
-/// Answers status requests with the configuration error until `path` changes.
-fn maintenance(listen: SocketAddr, path: &Path, error: &str) -> Result<(), String> {
+/// Answers status requests with the problem until `path` changes (or `retry_after` passes).
+fn maintenance(
+    listen: SocketAddr,
+    path: &Path,
+    problem: &Problem,
+    retry_after: Option<Duration>,
+) -> Result<(), String> {
     let listener =
         fsio::bind_listener(listen).map_err(|bind_error| format!("{listen}: {bind_error}"))?;
     listener.set_nonblocking(true).map_err(|error| error.to_string())?;
-    let status = serde_json::json!({
+    let mut status = serde_json::json!({
         "role": "maintenance",
         "version": env!("CARGO_PKG_VERSION"),
         "config_file": path.display().to_string(),
-        "config_error": error,
-    })
-    .to_string();
+    });
+    status[problem.key] = serde_json::Value::String(problem.text.clone());
+    let status = status.to_string();
     let seen = modified(path);
-    let mut next_poll = Instant::now() + CONFIG_POLL;
+    let started = Instant::now();
+    let mut next_poll = started + CONFIG_POLL;
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -130,6 +154,10 @@ fn maintenance(listen: SocketAddr, path: &Path, error: &str) -> Result<(), Strin
         if Instant::now() >= next_poll {
             if modified(path) != seen {
                 eprintln!("siterelay-appliance: {} changed; starting again", path.display());
+                return Ok(());
+            }
+            if retry_after.is_some_and(|after| started.elapsed() >= after) {
+                eprintln!("siterelay-appliance: trying the role again");
                 return Ok(());
             }
             next_poll = Instant::now() + CONFIG_POLL;
@@ -156,8 +184,7 @@ fn answer_maintenance(mut stream: TcpStream, status: &str) {
                 Ok(Frame::StatusRequest) => Some(Frame::Status { json: status }),
                 _ => Some(Frame::Error {
                     code: wire::error_code::REFUSED,
-                    message: "the appliance is in maintenance: its configuration is invalid \
-                              (siterelay status shows why)",
+                    message: "the appliance is in maintenance (siterelay status shows why)",
                 }),
             };
             reader.consume(used);
@@ -187,11 +214,9 @@ fn ready(rest: &[String]) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
         match crate::status::fetch_json(addr) {
-            Ok(status) if status["config_error"].is_string() => {
-                return Err(format!(
-                    "in maintenance: {}",
-                    status["config_error"].as_str().unwrap_or_default()
-                ))
+            Ok(status) if status["role"] == "maintenance" => {
+                let problem = status["config_error"].as_str().or(status["role_error"].as_str());
+                return Err(format!("in maintenance: {}", problem.unwrap_or("?")));
             }
             Ok(status) => {
                 println!("{} answers on {addr}", status["role"].as_str().unwrap_or("the role"));
@@ -200,7 +225,7 @@ fn ready(rest: &[String]) -> Result<(), String> {
             Err(error) if Instant::now() >= deadline => {
                 return Err(format!("the role did not answer within {timeout:?}: {error}"))
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
 }

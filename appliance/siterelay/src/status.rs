@@ -92,6 +92,9 @@ fn render_table(status: &serde_json::Value) -> String {
     if let Some(error) = status["config_error"].as_str() {
         return format!("appliance {version} in maintenance: configuration error: {error}\n");
     }
+    if let Some(error) = status["role_error"].as_str() {
+        return format!("appliance {version} in maintenance: {error}\n");
+    }
     let empty = Vec::new();
     let disks = status["disks"].as_array().unwrap_or(&empty);
     if role == "relay" {
