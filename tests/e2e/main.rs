@@ -23,6 +23,7 @@ mod groups;
 mod harness;
 mod hwtest;
 mod image;
+mod limits;
 mod nbd_badinput;
 mod plans;
 mod points;

@@ -28,6 +28,9 @@ const TICK_INTERVAL: Duration = Duration::from_millis(250);
 const TARGET_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Heartbeat intervals a target may stay silent before its link is dropped and redialled.
 const HEARTBEATS_MISSED_MAX: u32 = 3;
+/// A peer that has not completed its Hello this long after connecting is dropped: a
+/// half-open or trickling handshake must not hold a connection slot (slowloris).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 const KIND_ACCEPT: u64 = 1;
 const KIND_RECV: u64 = 2;
@@ -84,6 +87,8 @@ struct Conn {
     /// When bytes last arrived: a peer silent for several heartbeats is presumed gone (a cut
     /// link can leave TCP waiting for hours).
     last_heard: Instant,
+    /// When the connection was accepted (the Hello deadline counts from here).
+    accepted: Instant,
 }
 
 impl Conn {
@@ -103,6 +108,7 @@ impl Conn {
             positions_pending: false,
             peer_identity: None,
             last_heard: Instant::now(),
+            accepted: Instant::now(),
         }
     }
 
@@ -1200,6 +1206,7 @@ impl Relay {
         self.ring.submit(tag(KIND_TICK, 0), uring::timeout(TICK_INTERVAL))?;
         let now = Instant::now();
         self.coordinate_groups(now);
+        self.drop_silent_handshakes(now);
         if now >= self.next_heartbeat {
             self.heartbeat(now);
         }
@@ -1210,6 +1217,25 @@ impl Relay {
             self.connect_target()?;
         }
         Ok(())
+    }
+
+    /// Closes connections that did not complete their Hello within `HELLO_TIMEOUT`.
+    fn drop_silent_handshakes(&mut self, now: Instant) {
+        let late: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| {
+                conn.role == ConnRole::New
+                    && !conn.closing
+                    && now.duration_since(conn.accepted) > HELLO_TIMEOUT
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in late {
+            let seconds = HELLO_TIMEOUT.as_secs();
+            let error = protocol(error_code::PROTOCOL, format!("no Hello within {seconds} s"));
+            self.fail_conn(id, &error);
+        }
     }
 
     /// Sends a heartbeat on every connection and closes the target link if the target has been

@@ -15,8 +15,9 @@ mod replica;
 mod session;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use error::TargetError;
@@ -304,6 +305,7 @@ impl Target {
             log::error!("cannot start the maintenance thread (points will not be pruned): {error}");
         }
         let mut connection_id = 0u64;
+        let connections = Arc::new(AtomicUsize::new(0));
         for stream in self.listener.incoming() {
             let stream = match stream {
                 Ok(stream) => stream,
@@ -313,14 +315,42 @@ impl Target {
                 }
             };
             connection_id += 1;
+            // One thread per connection, so their number is capped: a flood of connections
+            // is refused by name instead of exhausting threads and memory.
+            let open = Arc::clone(&connections);
+            if open.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {
+                open.fetch_sub(1, Ordering::SeqCst);
+                refuse_connection(connection_id, stream);
+                continue;
+            }
             let store = self.store.clone();
             let staged_bytes_max = self.group_commit_bytes_max;
             let spawned = std::thread::Builder::new()
                 .name(format!("target-conn-{connection_id}"))
-                .spawn(move || session::serve(connection_id, stream, &store, staged_bytes_max));
+                .spawn(move || {
+                    session::serve(connection_id, stream, &store, staged_bytes_max);
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
             if let Err(error) = spawned {
+                connections.fetch_sub(1, Ordering::SeqCst);
                 log::error!("cannot start a thread for connection {connection_id}: {error}");
             }
         }
+    }
+}
+
+/// Connections a target serves at once (relays, operator tools): each has a thread.
+pub const CONNECTIONS_MAX: usize = 256;
+
+/// Tells a connection over the cap why it is closed, without waiting on it.
+fn refuse_connection(id: u64, stream: TcpStream) {
+    let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |addr| addr.to_string());
+    let message = format!("target serves at most {CONNECTIONS_MAX} connections");
+    log::warn!("connection {id} from {peer}: refused: {message}");
+    let mut out = Vec::new();
+    let frame = wire::Frame::Error { code: wire::error_code::LIMIT, message: &message };
+    if frame.encode(&mut out).is_ok() {
+        let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+        let _ = std::io::Write::write_all(&mut &stream, &out);
     }
 }

@@ -16,6 +16,9 @@ use crate::Store;
 
 const READ_BUFFER_BYTES: usize = 256 << 10;
 const IDLE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// A peer that has not completed its Hello this long after connecting is dropped: a
+/// half-open or trickling handshake must not hold a connection (slowloris).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -79,7 +82,16 @@ fn run(
     };
     let mut reader = FrameReader::new();
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    let accepted = std::time::Instant::now();
     loop {
+        if !session.greeted && accepted.elapsed() > HELLO_TIMEOUT {
+            let error = SessionError::Protocol {
+                code: error_code::PROTOCOL,
+                message: format!("no Hello within {} s", HELLO_TIMEOUT.as_secs()),
+            };
+            session.send_error(&error);
+            return Err(error);
+        }
         let received = match reader_stream.read(&mut buf) {
             Ok(0) => {
                 warn_if_mid_frame(&reader);
