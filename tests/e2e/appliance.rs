@@ -24,6 +24,19 @@ fn ovf_env(properties: &[(&str, &str)]) -> String {
     xml
 }
 
+/// `siterelay status --connect ADDR` once it answers (within 20 s): what it printed.
+fn status_once_answering(addr: &str, logs: &std::path::Path, context: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let finished = run_siterelay(&["status", "--connect", addr], logs, COMMAND_TIMEOUT);
+        if finished.status.success() {
+            return finished.stdout;
+        }
+        assert!(Instant::now() < deadline, "{context}: {}", finished.describe());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn first_boot_configuration_comes_from_the_ovf_environment_or_is_refused_by_name() {
     let dir = TestDir::new("appliance-ovfenv");
@@ -108,16 +121,7 @@ fn an_invalid_configuration_is_reported_in_status_and_the_role_starts_once_corre
     let maintenance_listen = format!("127.0.0.1:{port}");
     let maintenance =
         Running::spawn(&args(&["--maintenance-listen", &maintenance_listen]), &logs, "maintenance");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        let finished =
-            run_siterelay(&["status", "--connect", &maintenance_listen], &logs, COMMAND_TIMEOUT);
-        if finished.status.success() {
-            break finished.stdout;
-        }
-        assert!(Instant::now() < deadline, "maintenance never answered: {}", finished.describe());
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = status_once_answering(&maintenance_listen, &logs, "maintenance never answered");
     assert!(
         status.starts_with("appliance ")
             && status.contains(" in maintenance: configuration error: "),
@@ -155,20 +159,8 @@ fn an_invalid_configuration_is_reported_in_status_and_the_role_starts_once_corre
         ended.stderr
     );
     let maintenance = Running::spawn(&args(&[]), &logs, "role-failing");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        let finished =
-            run_siterelay(&["status", "--connect", &maintenance_listen], &logs, COMMAND_TIMEOUT);
-        if finished.status.success() {
-            break finished.stdout;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no maintenance after the role failed: {}",
-            finished.describe()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status =
+        status_once_answering(&maintenance_listen, &logs, "no maintenance after the role failed");
     assert!(status.contains(" in maintenance: the relay role stopped: "), "{status}");
     assert!(status.contains("not-a-directory"), "{status}");
 

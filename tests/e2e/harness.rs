@@ -303,6 +303,11 @@ impl Server {
         Server { role, args, addr, log_path, child: None, incarnation_offset: 0, incarnations: 0 }
     }
 
+    /// The running process's id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }

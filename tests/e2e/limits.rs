@@ -1,6 +1,7 @@
 //! Connection limits of relay and target: a peer that never finishes its Hello (silent, or
-//! trickling one byte at a time) is dropped after 10 s with the reason logged, and a flood of
-//! connections beyond the cap is refused by name, while replication goes on.
+//! trickling one byte at a time) is dropped after 10 s with the reason logged, a flood of
+//! connections beyond the cap is refused by name, and a client that asks without reading the
+//! replies cannot grow the relay's memory; replication goes on.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -39,6 +40,16 @@ fn closed_within(mut stream: TcpStream, trickle: bool, limit: Duration) -> Durat
             Err(_) => return started.elapsed(),
         }
     }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
 }
 
 /// The first frame the server sends on a fresh connection, if it is an Error: its message.
@@ -95,6 +106,48 @@ fn silent_or_trickling_handshakes_time_out_and_floods_are_capped() {
         drop(held);
     }
     std::thread::sleep(Duration::from_secs(1));
+
+    // A status client that never reads: the relay stops reading it once 8 MiB of replies
+    // wait, instead of queueing a reply for every request.
+    let rss_before = rss_kib(cluster.relay.pid());
+    let mut greedy = TcpStream::connect(relay).unwrap();
+    let mut requests = Vec::new();
+    wire::Frame::Hello(wire::Hello::ours(wire::Role::Control, "greedy", Vec::new()))
+        .encode(&mut requests)
+        .unwrap();
+    let mut one = Vec::new();
+    wire::Frame::StatusRequest.encode(&mut one).unwrap();
+    for _ in 0..65_536 {
+        requests.extend_from_slice(&one);
+    }
+    greedy.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = 0;
+    let reason = "the peer does not read its replies (8 MiB queued)";
+    while !cluster.relay.log().contains(reason) {
+        assert!(
+            Instant::now() < deadline,
+            "after {sent} bytes of requests the relay still queues replies:\n{}",
+            tail(&cluster.relay.log(), 10)
+        );
+        match greedy.write(&requests[sent % requests.len()..]) {
+            Ok(written) => sent += written,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let grown = rss_kib(cluster.relay.pid()).saturating_sub(rss_before);
+    assert!(
+        grown < 48 << 10,
+        "the relay grew by {grown} KiB answering {sent} bytes of unread status requests"
+    );
+    // The cut-off connection is released even though its peer still reads nothing.
+    let released = closed_within(greedy, false, Duration::from_secs(20));
+    assert!(released < Duration::from_secs(20));
 
     // Replication is unaffected.
     let source = cluster.dir.join("source.img");

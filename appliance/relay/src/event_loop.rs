@@ -31,6 +31,13 @@ const HEARTBEATS_MISSED_MAX: u32 = 3;
 /// A peer that has not completed its Hello this long after connecting is dropped: a
 /// half-open or trickling handshake must not hold a connection slot (slowloris).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Replies queued for a peer that does not read them, after which the relay stops reading
+/// that peer's requests until they drain: each connection's memory stays bounded (a client
+/// asking for status in a loop without reading cannot grow the relay).
+const CONN_QUEUE_BYTES_MAX: usize = 8 << 20;
+/// A closing connection whose last send does not complete (the peer does not read) is shut
+/// down after this long instead of holding its buffers.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 const KIND_ACCEPT: u64 = 1;
 const KIND_RECV: u64 = 2;
@@ -89,6 +96,8 @@ struct Conn {
     last_heard: Instant,
     /// When the connection was accepted (the Hello deadline counts from here).
     accepted: Instant,
+    /// When the event loop first saw it closing (for `CLOSE_GRACE`).
+    closing_seen: Option<Instant>,
 }
 
 impl Conn {
@@ -109,6 +118,7 @@ impl Conn {
             peer_identity: None,
             last_heard: Instant::now(),
             accepted: Instant::now(),
+            closing_seen: None,
         }
     }
 
@@ -381,6 +391,18 @@ impl Relay {
                     reader.consume(used);
                     if result.is_err() || self.conns.get(&id).is_none_or(|conn| conn.closing) {
                         break result;
+                    }
+                    // An operator client asking faster than it reads (a burst of requests in
+                    // one receive) is cut off at the bound instead of queueing every reply.
+                    if self.conns.get(&id).is_some_and(|conn| {
+                        conn.role == ConnRole::Control
+                            && conn.outbox.len() + conn.send_in_flight > CONN_QUEUE_BYTES_MAX
+                    }) {
+                        let mib = CONN_QUEUE_BYTES_MAX >> 20;
+                        break Err(protocol(
+                            error_code::LIMIT,
+                            format!("the peer does not read its replies ({mib} MiB queued)"),
+                        ));
                     }
                 }
                 Err(error) => break Err(ConnError::Wire(error)),
@@ -1357,8 +1379,10 @@ impl Relay {
                 )?;
             }
             if conn.closing {
-                if conn.send_in_flight == 0 {
-                    // Wakes an in-flight receive so the connection can be retired.
+                let since = *conn.closing_seen.get_or_insert_with(Instant::now);
+                if conn.send_in_flight == 0 || since.elapsed() > CLOSE_GRACE {
+                    // Wakes an in-flight receive (and fails a send the peer never takes) so
+                    // the connection can be retired.
                     let _ = conn.stream.shutdown(Shutdown::Both);
                     if conn.idle() {
                         retired.push(id);
@@ -1366,7 +1390,9 @@ impl Relay {
                 }
                 continue;
             }
-            let paused = conn.role == ConnRole::Agent && throttled;
+            let backlogged = !matches!(conn.role, ConnRole::Target { .. })
+                && conn.outbox.len() + conn.send_in_flight >= CONN_QUEUE_BYTES_MAX;
+            let paused = (conn.role == ConnRole::Agent && throttled) || backlogged;
             if !paused {
                 if let Some(buf) = conn.recv_buf.take() {
                     self.ring.submit(
