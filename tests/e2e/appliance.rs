@@ -37,6 +37,24 @@ fn status_once_answering(addr: &str, logs: &std::path::Path, context: &str) -> S
     }
 }
 
+/// A valid relay configuration listening on `port` with its cache in `cache`.
+fn relay_config(port: u16, cache: &std::path::Path) -> String {
+    format!(
+        "[relay]\nlisten = \"127.0.0.1:{port}\"\ntarget = \"127.0.0.1:9\"\ncache_dir = \"{}\"\n\
+         cache_bytes_max = \"64MiB\"\nsegment_bytes = \"16MiB\"\n",
+        cache.display()
+    )
+}
+
+/// Maintenance, once its configuration file changed, ends by itself, having said `said`.
+fn ends_after_the_change(maintenance: Running, said: &str) {
+    let ended = maintenance
+        .wait(Duration::from_secs(20))
+        .expect("maintenance did not notice the changed configuration");
+    assert!(ended.status.success(), "{}", ended.describe());
+    assert!(ended.stderr.contains(said), "{}", ended.stderr);
+}
+
 #[test]
 fn first_boot_configuration_comes_from_the_ovf_environment_or_is_refused_by_name() {
     let dir = TestDir::new("appliance-ovfenv");
@@ -141,23 +159,8 @@ fn an_invalid_configuration_is_reported_in_status_and_the_role_starts_once_corre
     // again, saying why, until the file changes.
     let blocker = dir.join("not-a-directory");
     fs::write(&blocker, "x").unwrap();
-    fs::write(
-        &config,
-        format!(
-            "[relay]\nlisten = \"127.0.0.1:{port}\"\ntarget = \"127.0.0.1:9\"\ncache_dir = \"{}\"\n\
-             cache_bytes_max = \"64MiB\"\nsegment_bytes = \"16MiB\"\n",
-            blocker.join("cache").display()
-        ),
-    )
-    .unwrap();
-    let ended =
-        maintenance.wait(Duration::from_secs(20)).expect("maintenance did not notice the change");
-    assert!(ended.status.success(), "{}", ended.describe());
-    assert!(
-        ended.stderr.contains("siterelay-appliance: CONFIGURATION ERROR: "),
-        "{}",
-        ended.stderr
-    );
+    fs::write(&config, relay_config(port, &blocker.join("cache"))).unwrap();
+    ends_after_the_change(maintenance, "siterelay-appliance: CONFIGURATION ERROR: ");
     let maintenance = Running::spawn(&args(&[]), &logs, "role-failing");
     let status =
         status_once_answering(&maintenance_listen, &logs, "no maintenance after the role failed");
@@ -166,23 +169,8 @@ fn an_invalid_configuration_is_reported_in_status_and_the_role_starts_once_corre
 
     // Corrected: maintenance ends by itself, and the role starts from the same file.
     let cache = dir.join("cache");
-    fs::write(
-        &config,
-        format!(
-            "[relay]\nlisten = \"127.0.0.1:{port}\"\ntarget = \"127.0.0.1:9\"\ncache_dir = \"{}\"\n\
-             cache_bytes_max = \"64MiB\"\nsegment_bytes = \"16MiB\"\n",
-            cache.display()
-        ),
-    )
-    .unwrap();
-    let ended =
-        maintenance.wait(Duration::from_secs(20)).expect("maintenance did not notice the fix");
-    assert!(ended.status.success(), "{}", ended.describe());
-    assert!(
-        ended.stderr.contains("siterelay-appliance: the relay role stopped: "),
-        "{}",
-        ended.stderr
-    );
+    fs::write(&config, relay_config(port, &cache)).unwrap();
+    ends_after_the_change(maintenance, "siterelay-appliance: the relay role stopped: ");
     let _role = Running::spawn(&args(&[]), &logs, "role");
     let ready = run_siterelay(
         &["appliance", "ready", "--config", config.to_str().unwrap(), "--timeout", "20"],

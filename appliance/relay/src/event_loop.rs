@@ -126,6 +126,11 @@ impl Conn {
         frame.encode(&mut self.outbox).expect("relay builds only frames within the limits");
     }
 
+    /// Reply bytes waiting for the peer to take them.
+    fn queued(&self) -> usize {
+        self.outbox.len() + self.send_in_flight
+    }
+
     fn idle(&self) -> bool {
         self.recv_buf.is_some() && self.send_in_flight == 0
     }
@@ -395,8 +400,7 @@ impl Relay {
                     // An operator client asking faster than it reads (a burst of requests in
                     // one receive) is cut off at the bound instead of queueing every reply.
                     if self.conns.get(&id).is_some_and(|conn| {
-                        conn.role == ConnRole::Control
-                            && conn.outbox.len() + conn.send_in_flight > CONN_QUEUE_BYTES_MAX
+                        conn.role == ConnRole::Control && conn.queued() > CONN_QUEUE_BYTES_MAX
                     }) {
                         let mib = CONN_QUEUE_BYTES_MAX >> 20;
                         break Err(protocol(
@@ -1391,7 +1395,7 @@ impl Relay {
                 continue;
             }
             let backlogged = !matches!(conn.role, ConnRole::Target { .. })
-                && conn.outbox.len() + conn.send_in_flight >= CONN_QUEUE_BYTES_MAX;
+                && conn.queued() >= CONN_QUEUE_BYTES_MAX;
             let paused = (conn.role == ConnRole::Agent && throttled) || backlogged;
             if !paused {
                 if let Some(buf) = conn.recv_buf.take() {

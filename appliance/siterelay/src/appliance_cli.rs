@@ -91,10 +91,7 @@ fn run_role(rest: &[String]) -> Result<(), String> {
         .map_err(|error| format!("{}: {error}", run_dir.display()))?;
     let role = config.appliance.role.as_str();
     eprintln!("siterelay-appliance: starting the {role} role from {}", path.display());
-    let listen = match config.appliance.role {
-        config::ApplianceRole::Relay => config.relay.listen,
-        config::ApplianceRole::Target => config.target.listen,
-    };
+    let listen = role_listen(&config);
     let outcome = match config.appliance.role {
         config::ApplianceRole::Relay => crate::roles::run_relay(config),
         config::ApplianceRole::Target => crate::roles::run_target(config),
@@ -206,11 +203,7 @@ fn ready(rest: &[String]) -> Result<(), String> {
     let path = config_path(&args)?;
     let timeout = Duration::from_secs(args.parsed("timeout")?.unwrap_or(120));
     let config = crate::roles::read_config(&path)?;
-    let listen = match config.appliance.role {
-        config::ApplianceRole::Relay => config.relay.listen,
-        config::ApplianceRole::Target => config.target.listen,
-    };
-    let addr = local_addr(listen);
+    let addr = local_addr(role_listen(&config));
     let deadline = Instant::now() + timeout;
     loop {
         match crate::status::fetch_json(addr) {
@@ -227,6 +220,14 @@ fn ready(rest: &[String]) -> Result<(), String> {
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
+    }
+}
+
+/// Where the configured role listens.
+fn role_listen(config: &config::Config) -> SocketAddr {
+    match config.appliance.role {
+        config::ApplianceRole::Relay => config.relay.listen,
+        config::ApplianceRole::Target => config.target.listen,
     }
 }
 

@@ -129,14 +129,7 @@ impl UpdateState {
     fn open(args: &Args) -> Result<UpdateState, String> {
         let dir = PathBuf::from(args.value("state-dir").unwrap_or(STATE_DIR_DEFAULT));
         let layout_path = dir.join(LAYOUT_FILE);
-        let layout = match std::fs::read_to_string(&layout_path) {
-            Ok(text) => Some(
-                serde_json::from_str::<Layout>(&text)
-                    .map_err(|error| format!("{}: {error}", layout_path.display()))?,
-            ),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => return Err(format!("{}: {error}", layout_path.display())),
-        };
+        let layout = if layout_path.exists() { Some(read_layout(&layout_path)?) } else { None };
         let slots: Box<dyn Slots> = match &layout {
             Some(layout) => Box::new(PartitionSlots::new(layout.clone(), &dir.join("slots"))),
             None => Box::new(DirSlots::new(&dir.join("slots"))),
@@ -186,6 +179,22 @@ impl UpdateState {
     }
 }
 
+/// A slot layout file (`update init --layout`, `STATE/layout.json`).
+fn read_layout(path: &Path) -> Result<Layout, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    serde_json::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))
+}
+
+/// `found` names `version`, or the error says what `source` gave instead.
+fn expect_version(source: &str, found: &str, version: &str) -> Result<(), String> {
+    if found.contains(version) {
+        Ok(())
+    } else {
+        Err(format!("{source} {:?}, not {version}", found.trim()))
+    }
+}
+
 const STATE_SPEC: (&str, bool) = ("state-dir", true);
 
 /// `update init --root FILE --version V --component C=V ...`: records the running
@@ -205,9 +214,7 @@ fn init(rest: &[String]) -> Result<(), String> {
     )?;
     if let Some(layout) = args.value("layout") {
         // Partition slots: record the layout first, so the state below is saved through it.
-        let text = std::fs::read_to_string(layout).map_err(|error| format!("{layout}: {error}"))?;
-        let parsed: Layout =
-            serde_json::from_str(&text).map_err(|error| format!("{layout}: {error}"))?;
+        let parsed = read_layout(Path::new(layout))?;
         let dir = PathBuf::from(args.value("state-dir").unwrap_or(STATE_DIR_DEFAULT));
         if dir.join(LAYOUT_FILE).exists() {
             return Err(format!("{} already holds an installation", dir.display()));
@@ -576,25 +583,14 @@ fn boot(rest: &[String]) -> Result<(), String> {
             let path = args.value("release-file").unwrap_or(RELEASE_FILE_DEFAULT);
             let release = std::fs::read_to_string(path)
                 .map_err(|error| format!("{path}: {error}"))
-                .and_then(|text| {
-                    if text.contains(&trial.version) {
-                        Ok(())
-                    } else {
-                        Err(format!("{path} says {:?}, not {}", text.trim(), trial.version))
-                    }
-                });
+                .and_then(|text| expect_version(&format!("{path} says"), &text, &trial.version));
             let binary = std::env::current_exe().map_err(|error| error.to_string())?;
             (binary, release)
         }
         None => {
             let binary = state.slots.slot_file(slot, BINARY_PAYLOAD);
-            let check = run_version(&binary, &["--version"], timeout).and_then(|out| {
-                if out.contains(&trial.version) {
-                    Ok(())
-                } else {
-                    Err(format!("it reports {:?}, not {}", out.trim(), trial.version))
-                }
-            });
+            let check = run_version(&binary, &["--version"], timeout)
+                .and_then(|out| expect_version("it reports", &out, &trial.version));
             (binary, check)
         }
     };
@@ -657,11 +653,7 @@ fn booted_slot(args: &Args) -> Result<SlotId, String> {
             )?
             .to_string(),
     };
-    match text.as_str() {
-        "a" => Ok(SlotId::A),
-        "b" => Ok(SlotId::B),
-        other => Err(format!("unknown slot {other:?} (expected a or b)")),
-    }
+    SlotId::parse(&text).ok_or_else(|| format!("unknown slot {text:?} (expected a or b)"))
 }
 
 /// `update status [--bundle DIR]`: the installation, each component's support state and

@@ -31,6 +31,15 @@ impl SlotId {
             SlotId::B => "b",
         }
     }
+
+    /// The slot `as_str` names.
+    pub fn parse(text: &str) -> Option<SlotId> {
+        match text {
+            "a" => Some(SlotId::A),
+            "b" => Some(SlotId::B),
+            _ => None,
+        }
+    }
 }
 
 /// An update written to the inactive slot and waiting for its first start and health check.

@@ -43,11 +43,7 @@ impl EntryName {
             None => (stem, None),
         };
         let (version, slot) = base.rsplit_once('-')?;
-        let slot = match slot {
-            "a" => SlotId::A,
-            "b" => SlotId::B,
-            _ => return None,
-        };
+        let slot = SlotId::parse(slot)?;
         let bundle_version: u64 = version.parse().ok()?;
         if version != bundle_version.to_string() {
             return None; // "007": not a name this module writes
