@@ -209,10 +209,13 @@ fn open_link(
         .read_exact_at(&mut text, 0)
         .map_err(|e| VmdkError::io(name, "cannot read the descriptor", e))?;
     drop(source);
-    // A descriptor file may be NUL-padded (qemu pads it to a sector when it rewrites the CID);
-    // a NUL followed by anything else means a binary file.
+    // The descriptor ends at its first NUL, as in qemu. When qemu rewrites the CID it writes
+    // back a whole buffer, so a new CID shorter than the old one leaves stale bytes of the old
+    // text after the NUL: those are ignored if the NUL ends a line. A NUL inside a line
+    // followed by more bytes means a binary file.
     if let Some(first) = text.iter().position(|&b| b == 0) {
-        if let Some(offset) = text[first..].iter().position(|&b| b != 0) {
+        let ends_a_line = first > 0 && text[first - 1] == b'\n';
+        if let Some(offset) = text[first..].iter().position(|&b| b != 0).filter(|_| !ends_a_line) {
             return Err(VmdkError::NotVmdk { file: shown(name), offset: first + offset });
         }
     }
