@@ -350,6 +350,7 @@ impl Server {
         let stderr = log.try_clone().expect("clone log fd");
         let child = Command::new(BIN)
             .args(&self.args)
+            .envs(plaintext_unless_pki(&self.args))
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -557,6 +558,16 @@ impl Finished {
     }
 }
 
+/// Tests run plaintext (the explicit `SITERELAY_PLAINTEXT=1`) unless they pass `--pki-dir`,
+/// which the TLS tests (security.rs) do for every process they start.
+pub(crate) fn plaintext_unless_pki(args: &[OsString]) -> Vec<(&'static str, &'static str)> {
+    if args.iter().any(|arg| arg == "--pki-dir") {
+        Vec::new()
+    } else {
+        vec![("SITERELAY_PLAINTEXT", "1")]
+    }
+}
+
 /// A spawned process whose stdout and stderr go to files in `out_dir`.
 #[derive(Debug)]
 pub(crate) struct Running {
@@ -592,6 +603,7 @@ impl Running {
         }
         let child = Command::new(program)
             .args(args)
+            .envs(plaintext_unless_pki(args))
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))

@@ -163,6 +163,7 @@ pub fn run_continuous(
         up: Arc::clone(&capture.link_up),
         stop: Arc::clone(&stop),
         resync_on_loss: true,
+        tls: options.tls.clone(),
     };
     let result =
         Link::connect(options.relay, crate::hostname(), link_disks, policy).and_then(|link| {

@@ -78,6 +78,8 @@ pub struct AgentOptions {
     /// Replace the replicas' history with a new generation of these sources and resync them
     /// by checksums (an explicit operator decision, see `wire::DiskInfo::take_over`).
     pub take_over: bool,
+    /// The credential registered with the relay, or `None` to connect plaintext.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl AgentOptions {
@@ -256,6 +258,7 @@ fn connect_for_sync(
         up: Arc::new(AtomicBool::new(false)),
         stop: Arc::clone(stop),
         resync_on_loss: false,
+        tls: options.tls.clone(),
     };
     let link = Link::connect(options.relay, hostname(), link_disks, policy)?;
     for disk in &mut disks {

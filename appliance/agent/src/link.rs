@@ -4,7 +4,7 @@
 //! replicated. A reader thread turns incoming frames into events.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{Read, Write};
+
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -68,7 +68,8 @@ pub(crate) struct Link {
     window_bytes: usize,
     window_bytes_max: usize,
     reconnect_timeout: Duration,
-    stream: Option<TcpStream>,
+    stream: Option<pki::stream::TransportWriter>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     events: Option<Receiver<Event>>,
     /// Checksum requests not yet answered, resent after a reconnect: (disk, encoded frame).
     open_requests: HashMap<u64, (usize, Vec<u8>)>,
@@ -100,6 +101,8 @@ pub(crate) struct LinkPolicy {
     /// When the relay lost frames it had acknowledged (its cache was lost), drop them and
     /// report the disk through `take_lost` for a resync, instead of failing.
     pub(crate) resync_on_loss: bool,
+    /// The registered credential, or `None` to connect plaintext.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Link {
@@ -119,6 +122,7 @@ impl Link {
             window_bytes_max: policy.window_bytes_max,
             reconnect_timeout: policy.reconnect_timeout,
             stream: None,
+            tls: policy.tls,
             events: None,
             open_requests: HashMap::new(),
             answers: HashMap::new(),
@@ -139,7 +143,7 @@ impl Link {
     fn reconnect(&mut self) -> Result<(), AgentError> {
         self.up.store(false, Ordering::Relaxed);
         if let Some(stream) = self.stream.take() {
-            let _ = stream.shutdown(Shutdown::Both);
+            let _ = stream.tcp().shutdown(Shutdown::Both);
         }
         self.events = None;
         let started = Instant::now();
@@ -179,8 +183,13 @@ impl Link {
 
     fn try_connect(&mut self) -> Result<(), AgentError> {
         let io = |source| AgentError::Protocol(format!("connect: {source}"));
-        let mut stream = TcpStream::connect_timeout(&self.addr, CONNECT_TIMEOUT).map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
+        let tcp = TcpStream::connect_timeout(&self.addr, CONNECT_TIMEOUT).map_err(io)?;
+        tcp.set_nodelay(true).map_err(io)?;
+        tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(io)?;
+        let transport = pki::Transport::client(tcp, self.tls.clone())
+            .map_err(|error| AgentError::Protocol(format!("{}: {error}", self.addr)))?;
+        transport.tcp().set_read_timeout(None).map_err(io)?;
+        let (reader, mut stream) = transport.split().map_err(io)?;
         let disks: Vec<wire::DiskInfo<'_>> = self
             .disks
             .iter()
@@ -196,7 +205,6 @@ impl Link {
         Frame::Hello(wire::Hello::ours(Role::Agent, &self.node_id, disks)).encode(&mut hello)?;
         stream.write_all(&hello).map_err(io)?;
         let (sender, receiver) = mpsc::channel();
-        let reader = stream.try_clone().map_err(io)?;
         std::thread::Builder::new()
             .name("agent-link-reader".into())
             .spawn(move || read_events(reader, &sender))
@@ -284,7 +292,7 @@ impl Link {
         if let Some(stream) = self.stream.as_mut() {
             if let Err(error) = stream.write_all(bytes) {
                 log::debug!("send failed: {error}");
-                let _ = stream.shutdown(Shutdown::Both);
+                let _ = stream.tcp().shutdown(Shutdown::Both);
             }
         }
     }
@@ -478,12 +486,12 @@ impl Link {
 impl Drop for Link {
     fn drop(&mut self) {
         if let Some(stream) = self.stream.take() {
-            let _ = stream.shutdown(Shutdown::Both);
+            let _ = stream.tcp().shutdown(Shutdown::Both);
         }
     }
 }
 
-fn read_events(mut stream: TcpStream, events: &mpsc::Sender<Event>) {
+fn read_events(mut stream: pki::stream::TransportReader, events: &mpsc::Sender<Event>) {
     let mut reader = FrameReader::new();
     let mut buf = vec![0u8; 64 << 10];
     let reason = loop {

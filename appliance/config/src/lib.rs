@@ -27,7 +27,7 @@ pub use error::ConfigError;
 pub use locate::line_column;
 pub use sections::{
     AgentConfig, ApplianceConfig, ApplianceRole, DiskConfig, GroupConfig, LogConfig, LogLevel,
-    RelayConfig, RetentionConfig, TargetConfig,
+    RelayConfig, RetentionConfig, SecurityConfig, TargetConfig,
 };
 pub use size::{format_byte_size, parse_byte_size};
 pub use validate::validate_disk_name;
@@ -44,6 +44,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[appliance]`
     pub appliance: ApplianceConfig,
+    /// `[security]`
+    pub security: SecurityConfig,
     /// `[relay]`
     pub relay: RelayConfig,
     /// `[target]`

@@ -119,6 +119,23 @@ impl Default for ApplianceConfig {
     }
 }
 
+/// `[security]`: how roles authenticate each other.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Run without TLS: no authentication, no encryption on the wire. Must be set explicitly;
+    /// `status` shows it as a warning.
+    pub plaintext: bool,
+    /// This node's CA, certificates and registry (see docs/SECURITY.md).
+    pub pki_dir: PathBuf,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig { plaintext: false, pki_dir: PathBuf::from("/var/lib/siterelay/pki") }
+    }
+}
+
 /// `[relay]`: the middle hop that caches writes durably and forwards them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

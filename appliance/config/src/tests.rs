@@ -85,7 +85,8 @@ fn unknown_top_level_key_lists_sections() {
     let (line, column, message) = syntax_error("# comment\nfoo = 1\n");
     assert_eq!((line, column), (2, 1));
     assert!(message.starts_with("unknown field `foo`"), "{message}");
-    assert!(message.contains("expected one of `log`, `appliance`, `relay`, `target`, `agent`"));
+    assert!(message
+        .contains("expected one of `log`, `appliance`, `security`, `relay`, `target`, `agent`"));
 }
 
 #[test]

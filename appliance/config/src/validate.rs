@@ -25,6 +25,7 @@ pub(crate) fn validate_config(config: &Config) -> Result<(), ConfigError> {
             validate_disk_name(name).map_err(|reason| invalid(key, toml_string(name), &reason))?;
         }
     }
+    check_path("security.pki_dir", &config.security.pki_dir)?;
     validate_relay(&config.relay)?;
     validate_target(&config.target)?;
     validate_agent(&config.agent)

@@ -98,6 +98,10 @@ struct Conn {
     accepted: Instant,
     /// When the event loop first saw it closing (for `CLOSE_GRACE`).
     closing_seen: Option<Instant>,
+    /// TLS state: ciphertext goes through it between the socket and `reader` / `outbox`.
+    tls: Option<rustls::Connection>,
+    /// What the peer may do; `None` until its TLS handshake is done.
+    access: Option<pki::Access>,
 }
 
 impl Conn {
@@ -119,6 +123,55 @@ impl Conn {
             last_heard: Instant::now(),
             accepted: Instant::now(),
             closing_seen: None,
+            tls: None,
+            access: Some(pki::Access::Plaintext),
+        }
+    }
+
+    /// Runs received ciphertext through TLS into `reader`. Err: the TLS error to log (the
+    /// alert for the peer is queued in the TLS state).
+    fn receive_tls(&mut self, mut bytes: &[u8], scratch: &mut [u8]) -> Result<(), String> {
+        let tls = self.tls.as_mut().expect("a TLS connection");
+        while !bytes.is_empty() {
+            tls.read_tls(&mut bytes).map_err(|error| format!("TLS: {error}"))?;
+            tls.process_new_packets().map_err(|error| format!("TLS: {error}"))?;
+            loop {
+                match std::io::Read::read(&mut tls.reader(), scratch) {
+                    Ok(0) => {
+                        self.closing = true;
+                        return Ok(());
+                    }
+                    Ok(n) => self.reader.feed(&scratch[..n]),
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(error) => return Err(format!("TLS: {error}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves queued plaintext into TLS and returns what to send, if anything.
+    fn seal(&mut self, mut out: Vec<u8>) -> Vec<u8> {
+        let Some(tls) = self.tls.as_mut() else {
+            return std::mem::replace(&mut self.outbox, out);
+        };
+        if !self.outbox.is_empty() && !tls.is_handshaking() {
+            std::io::Write::write_all(&mut tls.writer(), &self.outbox)
+                .expect("TLS buffers are unlimited");
+            self.outbox.clear();
+        }
+        while tls.wants_write() {
+            if tls.write_tls(&mut out).is_err() {
+                break;
+            }
+        }
+        out
+    }
+
+    fn wants_send(&self) -> bool {
+        match &self.tls {
+            None => !self.outbox.is_empty(),
+            Some(tls) => tls.wants_write() || (!self.outbox.is_empty() && !tls.is_handshaking()),
         }
     }
 
@@ -196,6 +249,8 @@ pub struct Relay {
     forward: Forward,
     target: TargetLink,
     compress_scratch: Vec<u8>,
+    /// Decrypted bytes on their way from TLS into a connection's frame reader.
+    scratch: Vec<u8>,
     pool: Pool,
     /// Tickets order records between the pool and the cache: `next_ticket` is handed out on
     /// arrival, `stage_ticket` is the next one to stage; finished ones wait in `ready`.
@@ -256,6 +311,7 @@ impl Relay {
                 attached: HashMap::new(),
             },
             compress_scratch: Vec::new(),
+            scratch: vec![0u8; 64 << 10],
             pool,
             next_ticket: 0,
             fatal: None,
@@ -340,6 +396,19 @@ impl Relay {
         let id = self.new_conn_id();
         let mut conn = Conn::new(stream, ConnRole::New);
         log::debug!("connection {id} from {}", conn.peer);
+        if let Some(authority) = &self.options.tls {
+            match rustls::ServerConnection::new(authority.server_config()) {
+                Ok(mut tls) => {
+                    tls.set_buffer_limit(None);
+                    conn.tls = Some(tls.into());
+                    conn.access = None;
+                }
+                Err(error) => {
+                    log::error!("connection {id}: TLS: {error}");
+                    conn.closing = true;
+                }
+            }
+        }
         let peers = self
             .conns
             .values()
@@ -377,11 +446,20 @@ impl Relay {
             conn.recv_buf = Some(buf);
             return;
         }
-        conn.reader.feed(&buf);
         conn.last_heard = Instant::now();
+        if conn.tls.is_none() {
+            conn.reader.feed(&buf);
+        } else if let Err(error) = conn.receive_tls(&buf, &mut self.scratch) {
+            log::warn!("connection {id} from {}: refused: {error}", conn.peer);
+            conn.reader = FrameReader::new();
+            conn.closing = true;
+        }
         let mut buf = buf;
         buf.clear();
         conn.recv_buf = Some(buf);
+        if conn.access.is_none() && conn.tls.as_ref().is_some_and(|tls| !tls.is_handshaking()) {
+            self.identify(id);
+        }
         self.process_frames(id);
     }
 
@@ -436,9 +514,74 @@ impl Relay {
         conn.closing = true;
     }
 
+    /// Names a TLS peer from its certificate once its handshake is done.
+    fn identify(&mut self, id: u64) {
+        let authority = self.options.tls.clone();
+        let conn = self.conns.get_mut(&id).expect("live connection");
+        let Some(tls) = conn.tls.as_ref() else { return };
+        if matches!(conn.role, ConnRole::Target { .. }) {
+            conn.access = Some(pki::Access::Plaintext);
+            return;
+        }
+        let authority = authority.expect("an accepted TLS connection has the relay's CA");
+        match authority.identify(tls.peer_certificates()) {
+            Ok(peer) => {
+                log::debug!("connection {id} from {}: {peer}", conn.peer);
+                conn.access = Some(pki::Access::Tls(peer));
+            }
+            Err(reason) => {
+                log::warn!("connection {id} from {}: refused: {reason}", conn.peer);
+                conn.access = Some(pki::Access::Tls(pki::Peer::Anonymous));
+                conn.reader = FrameReader::new();
+                conn.push(&Frame::Error { code: error_code::REFUSED, message: &reason });
+                conn.closing = true;
+            }
+        }
+    }
+
+    /// A refusal: logged with the peer's identity, then sent to it by `fail_conn`.
+    fn refuse(&self, id: u64, reason: String) -> ConnError {
+        let conn = &self.conns[&id];
+        log::warn!("connection {id} from {} ({:?}): refused: {reason}", conn.peer, conn.access);
+        protocol(error_code::REFUSED, reason)
+    }
+
+    /// Issues an agent certificate to a node that proves a passphrase of this relay.
+    fn on_register(&mut self, id: u64, request: &wire::Register<'_>) -> Result<(), ConnError> {
+        let authority = self.options.tls.clone().expect("Register is refused without TLS");
+        let conn = self.conns.get_mut(&id).expect("live connection");
+        let tls = conn.tls.as_ref().expect("a TLS connection");
+        let exporter =
+            tls.export_keying_material([0u8; 32], pki::register::EXPORTER_LABEL, None)
+                .map_err(|error| protocol(error_code::INTERNAL, format!("TLS export: {error}")))?;
+        match authority.register(request, &exporter) {
+            Ok(pki::Issued { ca, cert, proof }) => {
+                log::info!(
+                    "connection {id} from {}: registered agent {:?}",
+                    conn.peer,
+                    request.name
+                );
+                conn.push(&Frame::Registered { ca: &ca, cert: &cert, proof: &proof });
+                Ok(())
+            }
+            Err(reason) => {
+                Err(self.refuse(id, format!("registration of {:?}: {reason}", request.name)))
+            }
+        }
+    }
+
     fn on_frame(&mut self, id: u64, raw: RawFrame<'_>) -> Result<(), ConnError> {
         let role = self.conns[&id].role;
+        let access = self.conns[&id].access.clone().unwrap_or(pki::Access::Plaintext);
+        if role != ConnRole::New || raw.frame_type != FrameType::Hello {
+            if let Err(reason) = access.check_frame(raw.frame_type) {
+                return Err(self.refuse(id, reason));
+            }
+        }
         let frame = raw.decode()?;
+        if let Frame::Register(request) = &frame {
+            return self.on_register(id, request);
+        }
         match (role, frame) {
             (ConnRole::New, Frame::Hello(hello)) => self.on_hello(id, &hello),
             (ConnRole::New, other) => Err(protocol(
@@ -491,6 +634,14 @@ impl Relay {
 
     fn on_hello(&mut self, id: u64, hello: &wire::Hello<'_>) -> Result<(), ConnError> {
         wire::negotiate_version(hello.version_min, hello.version_max)?;
+        let access = self.conns[&id].access.clone().unwrap_or(pki::Access::Plaintext);
+        if let Err(reason) = access.check_hello(hello.role) {
+            return Err(self.refuse(id, reason));
+        }
+        if access == pki::Access::Tls(pki::Peer::Anonymous) {
+            // Only a registration may follow; the connection stays `New`.
+            return Ok(());
+        }
         let role = match hello.role {
             Role::Agent => ConnRole::Agent,
             Role::Control => ConnRole::Control,
@@ -1317,6 +1468,15 @@ impl Relay {
         let _ = stream.set_nodelay(true);
         let id = self.new_conn_id();
         let mut conn = Conn::new(stream, ConnRole::Target { greeted: false });
+        if let Some(config) = &self.options.upstream_tls {
+            match rustls::ClientConnection::new(config.clone(), pki::server_name()) {
+                Ok(mut tls) => {
+                    tls.set_buffer_limit(None);
+                    conn.tls = Some(tls.into());
+                }
+                Err(error) => log::error!("target link: TLS: {error}"),
+            }
+        }
         conn.push(&Frame::Hello(wire::Hello::ours(Role::Relay, "relay", Vec::new())));
         self.conns.insert(id, conn);
         self.target.conn = Some(id);
@@ -1374,13 +1534,18 @@ impl Relay {
             || cache_full;
         let mut retired = Vec::new();
         for (&id, conn) in self.conns.iter_mut() {
-            if conn.send_in_flight == 0 && !conn.outbox.is_empty() {
-                let buf = std::mem::replace(&mut conn.outbox, std::mem::take(&mut conn.spare));
-                conn.send_in_flight = buf.len();
-                self.ring.submit(
-                    tag(KIND_SEND, id),
-                    Op::Send { fd: conn.stream.as_raw_fd(), buf, start: 0 },
-                )?;
+            if conn.send_in_flight == 0 && conn.wants_send() {
+                let spare = std::mem::take(&mut conn.spare);
+                let buf = conn.seal(spare);
+                if buf.is_empty() {
+                    conn.spare = buf;
+                } else {
+                    conn.send_in_flight = buf.len();
+                    self.ring.submit(
+                        tag(KIND_SEND, id),
+                        Op::Send { fd: conn.stream.as_raw_fd(), buf, start: 0 },
+                    )?;
+                }
             }
             if conn.closing {
                 let since = *conn.closing_seen.get_or_insert_with(Instant::now);
@@ -1482,6 +1647,11 @@ impl Relay {
             .filter(|conn| conn.role == ConnRole::Agent)
             .filter_map(|conn| conn.peer_identity.as_ref())
             .collect()
+    }
+
+    /// Runs without TLS towards its agents (`[security] plaintext`).
+    pub(crate) fn plaintext(&self) -> bool {
+        self.options.tls.is_none()
     }
 
     pub(crate) fn target_connected(&self) -> bool {

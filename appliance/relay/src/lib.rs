@@ -39,4 +39,8 @@ pub struct RelayOptions {
     pub heartbeat_secs: u64,
     /// Consistency groups whose points the relay coordinates.
     pub groups: Vec<GroupOptions>,
+    /// The relay's CA, which authenticates its agents and operators; `None` runs plaintext.
+    pub tls: Option<std::sync::Arc<pki::Authority>>,
+    /// The credential registered with the target; `None` connects plaintext.
+    pub upstream_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }

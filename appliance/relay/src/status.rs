@@ -40,6 +40,7 @@ pub(crate) fn status_json(relay: &Relay) -> String {
         "site": wire::identity().map_or("", |id| id.site_id.as_str()),
         "node": wire::identity().map_or("", |id| id.node_id.as_str()),
         "uptime_secs": relay.started.elapsed().as_secs(),
+        "plaintext": relay.plaintext(),
         "target": {
             "address": relay.target_address().to_string(),
             "connected": relay.target_connected(),

@@ -203,6 +203,7 @@ fn ready(rest: &[String]) -> Result<(), String> {
     let path = config_path(&args)?;
     let timeout = Duration::from_secs(args.parsed("timeout")?.unwrap_or(120));
     let config = crate::roles::read_config(&path)?;
+    crate::security::operate_as_configured(&config);
     let addr = local_addr(role_listen(&config));
     let deadline = Instant::now() + timeout;
     loop {

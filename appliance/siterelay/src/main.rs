@@ -10,6 +10,8 @@ mod operate;
 mod plan_run;
 mod quickstart;
 mod roles;
+mod security;
+mod security_cli;
 mod signals;
 mod status;
 mod update_cli;
@@ -92,6 +94,11 @@ usage:
   siterelay hwtest [--config FILE] [--cache-dir DIR] [--disks N] [--json]
       Hardware qualification: io_uring, O_DIRECT, size and write rate of the cache disk,
       cores and memory for N disks, clock synchronisation (pass / warn / fail each).
+  siterelay register --new-passphrase [--ttl SECS] [--pki-dir DIR]
+  siterelay register --connect ADDR --passphrase P [--name N] [--role agent|relay] [--pki-dir DIR]
+  siterelay certs list [--json] | revoke NAME|SERIAL | init --kind relay|target [--pki-dir DIR]
+      Mutual TLS (docs/SECURITY.md): one-time passphrases, the registry of issued
+      certificates, revocation. Operator commands take --pki-dir DIR for the admin credential.
   siterelay config check FILE
       Validate a configuration file (unknown keys and bad values with line and column).
   siterelay --version | --help
@@ -142,6 +149,19 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let rest = &args[1..];
+    let operator = matches!(command.as_str(), "status" | "points" | "failover" | "plan");
+    let rest = if operator {
+        match security::take_operator_pki_dir(rest) {
+            Ok(rest) => rest,
+            Err(message) => {
+                eprintln!("siterelay: {message}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        rest.to_vec()
+    };
+    let rest = &rest[..];
     let result = match command.as_str() {
         "quickstart" => quickstart::run(rest),
         "target" => roles::target(rest),
@@ -158,6 +178,8 @@ fn main() -> ExitCode {
         "image" => image_cli::run(rest),
         "appliance" => appliance_cli::run(rest),
         "config" => roles::config(rest),
+        "register" => security_cli::register(rest),
+        "certs" => security_cli::certs(rest),
         "--version" | "version" => {
             println!("siterelay {}", env!("CARGO_PKG_VERSION"));
             Ok(())

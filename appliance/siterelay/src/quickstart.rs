@@ -8,6 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -46,7 +47,9 @@ pub(crate) fn run(rest: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
     // Every run starts from scratch: state left by an earlier run (maybe of another version)
     // would turn the demo into a resync of that run's disk.
-    for stale in ["target", "relay-cache", "agent-state", "tap.sock"] {
+    for stale in
+        ["target", "relay-cache", "agent-state", "tap.sock", "target-pki", "relay-pki", "agent-pki"]
+    {
         let path = dir.join(stale);
         let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
     }
@@ -63,7 +66,11 @@ pub(crate) fn run(rest: &[String]) -> Result<(), String> {
     let has_ext4 = make_sample(&dir, &sample, size)?;
 
     step("2/7", "starting target and relay on loopback");
+    let target_pki = dir.join("target-pki");
+    let target_ca = pki::Authority::open(&target_pki, pki::CaKind::Target, "quickstart")
+        .map_err(|error| error.to_string())?;
     let target_options = target::TargetOptions {
+        tls: Some(Arc::new(target_ca)),
         listen: "127.0.0.1:0".parse().expect("literal"),
         data_dir: dir.join("target"),
         group_commit_bytes_max: config.target.group_commit_bytes_max as usize,
@@ -72,10 +79,17 @@ pub(crate) fn run(rest: &[String]) -> Result<(), String> {
     let target = target::Target::bind(&target_options).map_err(|error| error.to_string())?;
     let target_addr = target.local_addr();
     std::thread::spawn(move || target.serve());
+    let relay_pki = dir.join("relay-pki");
+    register(&target_pki, target_addr, "quickstart-relay", wire::Role::Relay, &relay_pki)?;
+    let relay_ca = pki::Authority::open(&relay_pki, pki::CaKind::Relay, "quickstart")
+        .map_err(|error| error.to_string())?;
     let mut relay_options = crate::roles::relay_options(&config.relay);
     relay_options.listen = "127.0.0.1:0".parse().expect("literal");
     relay_options.target = target_addr;
     relay_options.cache_dir = dir.join("relay-cache");
+    relay_options.upstream_tls =
+        Some(pki::PkiDir::new(&relay_pki).upstream_config().map_err(|error| error.to_string())?);
+    relay_options.tls = Some(Arc::new(relay_ca));
     let relay = relay::Relay::bind(relay_options).map_err(|error| error.to_string())?;
     let relay_addr = relay.local_addr();
     std::thread::spawn(move || {
@@ -89,11 +103,28 @@ pub(crate) fn run(rest: &[String]) -> Result<(), String> {
         dir.join("relay-cache").display()
     );
 
-    let mut agent_config = config.agent.clone();
-    agent_config.relay = relay_addr;
-    agent_config.state_dir = dir.join("agent-state");
-    agent_config.disks = vec![config::DiskConfig { name: "sample".into(), path: sample.clone() }];
-    let options = crate::roles::agent_options(&agent_config, true);
+    let agent_pki = dir.join("agent-pki");
+    register(&relay_pki, relay_addr, "quickstart-agent", wire::Role::Agent, &agent_pki)?;
+    for (addr, pki) in [(target_addr, &target_pki), (relay_addr, &relay_pki)] {
+        crate::security::set_operator_credential(addr, crate::security::admin_tls(pki)?);
+    }
+    println!(
+        "      mutual TLS 1.3: the relay registered with the target and the agent with the \
+         relay, each with a one-time passphrase"
+    );
+    let mut agent_config = config.clone();
+    agent_config.security.pki_dir = agent_pki;
+    agent_config.agent.relay = relay_addr;
+    agent_config.agent.state_dir = dir.join("agent-state");
+    agent_config.agent.disks =
+        vec![config::DiskConfig { name: "sample".into(), path: sample.clone() }];
+    let mut options = crate::roles::agent_options(&agent_config, true)?;
+    // The quickstart shows the product as deployed: TLS even when SITERELAY_PLAINTEXT is set.
+    options.tls = Some(
+        pki::PkiDir::new(&agent_config.security.pki_dir)
+            .upstream_config()
+            .map_err(|error| error.to_string())?,
+    );
     let replica = target::replica_path(&dir.join("target"), "sample");
 
     step("3/7", "initial sync agent -> relay -> target");
@@ -475,4 +506,26 @@ fn compare(source: &Path, replica: &Path) -> Result<(), String> {
     }
     println!("      verified: replica is identical to the source ({len_a} bytes compared)");
     Ok(())
+}
+
+/// Registers a node with a peer the way an operator does: a passphrase made on the peer,
+/// presented once by the node.
+fn register(
+    peer_pki: &Path,
+    peer: std::net::SocketAddr,
+    name: &str,
+    role: wire::Role,
+    node_pki: &Path,
+) -> Result<(), String> {
+    let passphrase =
+        pki::PkiDir::new(peer_pki).new_passphrase(600).map_err(|error| error.to_string())?;
+    pki::register::register_with(
+        peer,
+        name,
+        role,
+        &passphrase,
+        &pki::PkiDir::new(node_pki),
+        Duration::from_secs(15),
+    )
+    .map_err(|error| error.to_string())
 }

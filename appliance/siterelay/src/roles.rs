@@ -58,9 +58,13 @@ pub(crate) fn target(rest: &[String]) -> Result<(), String> {
     if rest.first().map(String::as_str) == Some("adopt") {
         return target_adopt(&rest[1..]);
     }
-    let args =
-        Args::parse("target", rest, &[("listen", true), ("data-dir", true), ("config", true)])?;
+    let args = Args::parse(
+        "target",
+        rest,
+        &[("listen", true), ("data-dir", true), ("config", true), ("pki-dir", true)],
+    )?;
     let mut config = load_config(&args)?;
+    apply_pki_dir(&args, &mut config);
     if let Some(listen) = addr(&args, "listen")? {
         config.target.listen = listen;
     }
@@ -78,6 +82,7 @@ pub(crate) fn run_target(config: Config) -> Result<(), String> {
         data_dir: config.target.data_dir.clone(),
         group_commit_bytes_max: config.target.group_commit_bytes_max as usize,
         retention: retention_options(&config.target),
+        tls: crate::security::authority(&config, pki::CaKind::Target)?,
     };
     let target = target::Target::bind(&options).map_err(|error| error.to_string())?;
     target.serve();
@@ -123,6 +128,8 @@ pub(crate) fn relay_options(config: &config::RelayConfig) -> relay::RelayOptions
                 interval: std::time::Duration::from_secs(u64::from(group.interval_secs)),
             })
             .collect(),
+        tls: None,
+        upstream_tls: None,
     }
 }
 
@@ -130,9 +137,16 @@ pub(crate) fn relay(rest: &[String]) -> Result<(), String> {
     let args = Args::parse(
         "relay",
         rest,
-        &[("listen", true), ("target", true), ("cache-dir", true), ("config", true)],
+        &[
+            ("listen", true),
+            ("target", true),
+            ("cache-dir", true),
+            ("config", true),
+            ("pki-dir", true),
+        ],
     )?;
     let mut config = load_config(&args)?;
+    apply_pki_dir(&args, &mut config);
     if let Some(listen) = addr(&args, "listen")? {
         config.relay.listen = listen;
     }
@@ -148,13 +162,23 @@ pub(crate) fn relay(rest: &[String]) -> Result<(), String> {
 /// Serves the relay role until it is stopped.
 pub(crate) fn run_relay(config: Config) -> Result<(), String> {
     let config = validated(config)?;
-    let relay =
-        relay::Relay::bind(relay_options(&config.relay)).map_err(|error| error.to_string())?;
+    let mut options = relay_options(&config.relay);
+    options.tls = crate::security::authority(&config, pki::CaKind::Relay)?;
+    options.upstream_tls = crate::security::upstream(&config)?;
+    let relay = relay::Relay::bind(options).map_err(|error| error.to_string())?;
     relay.serve().map_err(|error| error.to_string())
 }
 
-pub(crate) fn agent_options(config: &config::AgentConfig, progress: bool) -> agent::AgentOptions {
-    agent::AgentOptions {
+/// `--pki-dir DIR` over `[security] pki_dir`.
+fn apply_pki_dir(args: &Args, config: &mut Config) {
+    if let Some(dir) = args.value("pki-dir") {
+        config.security.pki_dir = PathBuf::from(dir);
+    }
+}
+
+pub(crate) fn agent_options(whole: &Config, progress: bool) -> Result<agent::AgentOptions, String> {
+    let config = &whole.agent;
+    Ok(agent::AgentOptions {
         relay: config.relay,
         disks: config
             .disks
@@ -169,7 +193,8 @@ pub(crate) fn agent_options(config: &config::AgentConfig, progress: bool) -> age
         reconnect_timeout: Duration::from_secs(u64::from(config.reconnect_timeout_secs)),
         progress,
         take_over: false,
-    }
+        tls: crate::security::upstream(whole)?,
+    })
 }
 
 pub(crate) fn agent(rest: &[String]) -> Result<(), String> {
@@ -186,9 +211,11 @@ pub(crate) fn agent(rest: &[String]) -> Result<(), String> {
         ("interval", true),
         ("take-over", false),
         ("config", true),
+        ("pki-dir", true),
     ];
     let args = Args::parse("agent", rest, spec)?;
     let mut config = load_config(&args)?;
+    apply_pki_dir(&args, &mut config);
     if let Some(relay) = addr(&args, "relay")? {
         config.agent.relay = relay;
     }
@@ -217,7 +244,7 @@ pub(crate) fn agent(rest: &[String]) -> Result<(), String> {
         config.agent.scan_interval_secs = seconds;
     }
     let config = validated(config)?;
-    let mut options = agent_options(&config.agent, true);
+    let mut options = agent_options(&config, true)?;
     options.take_over = args.flag("take-over");
     if snapshot {
         let reports = agent::snapshot_sync(&options).map_err(|error| error.to_string())?;

@@ -1,6 +1,5 @@
 //! `siterelay status`: asks a relay or target for its status document and prints it.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -38,8 +37,11 @@ pub(crate) fn fetch_json(addr: SocketAddr) -> Result<serde_json::Value, String> 
 /// refusal comes back as its message.
 pub(crate) fn ask(addr: SocketAddr, request: &Frame<'_>) -> Result<String, String> {
     let fail = |error: std::io::Error| format!("cannot reach {addr}: {error}");
-    let mut stream = TcpStream::connect_timeout(&addr, STATUS_TIMEOUT).map_err(fail)?;
-    stream.set_read_timeout(Some(STATUS_TIMEOUT)).map_err(fail)?;
+    let tls = crate::security::operator_tls(addr)?;
+    let tcp = TcpStream::connect_timeout(&addr, STATUS_TIMEOUT).map_err(fail)?;
+    tcp.set_read_timeout(Some(STATUS_TIMEOUT)).map_err(fail)?;
+    let mut stream = pki::Transport::client(tcp, tls)
+        .map_err(|error| format!("cannot reach {addr}: {error}"))?;
     let mut out = Vec::new();
     let hello = Frame::Hello(wire::Hello::ours(Role::Control, "status", Vec::new()));
     hello.encode(&mut out).map_err(|error| error.to_string())?;
@@ -94,6 +96,10 @@ fn render_table(status: &serde_json::Value) -> String {
     }
     if let Some(error) = status["role_error"].as_str() {
         return format!("appliance {version} in maintenance: {error}\n");
+    }
+    if status["plaintext"].as_bool() == Some(true) {
+        out += "WARNING: plaintext: no TLS between the roles, so no authentication and no \
+                encryption on the wire ([security] plaintext = true)\n";
     }
     let empty = Vec::new();
     let disks = status["disks"].as_array().unwrap_or(&empty);

@@ -501,9 +501,19 @@ fn support_text(matrix: &rollup::Matrix, component: &str, version: &str) -> Stri
 
 /// Runs `program ARGS` for at most `timeout`; its standard output.
 fn run_version(program: &Path, args: &[&str], timeout: Duration) -> Result<String, String> {
+    run_version_with(program, args, None, timeout)
+}
+
+fn run_version_with(
+    program: &Path,
+    args: &[&str],
+    env: Option<(&str, &str)>,
+    timeout: Duration,
+) -> Result<String, String> {
     use std::io::Read;
     let mut child = std::process::Command::new(program)
         .args(args)
+        .envs(env)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -607,8 +617,16 @@ fn boot(rest: &[String]) -> Result<(), String> {
         })
         .and_then(|()| {
             // The new version must reach the peers this node works with.
+            let (extra, env) = match args.value("config") {
+                Some(path) => {
+                    crate::security::operator_args(&crate::roles::read_config(Path::new(path))?)
+                }
+                None => (Vec::new(), None),
+            };
             for peer in &peers {
-                run_version(&binary, &["status", "--connect", peer, "--json"], timeout)
+                let mut status = vec!["status", "--connect", peer, "--json"];
+                status.extend(extra.iter().map(String::as_str));
+                run_version_with(&binary, &status, env, timeout)
                     .map_err(|error| format!("it cannot reach its peer {peer}: {error}"))?;
             }
             Ok(())

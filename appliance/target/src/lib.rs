@@ -32,6 +32,8 @@ pub struct TargetOptions {
     /// Staged bytes per connection after which a group commit happens.
     pub group_commit_bytes_max: usize,
     pub retention: RetentionOptions,
+    /// The site CA that authenticates peers, or `None` to run plaintext (an explicit choice).
+    pub tls: Option<Arc<pki::Authority>>,
 }
 
 /// Registers an existing image (the original source, for a failback) as the replica of disk
@@ -275,6 +277,7 @@ pub struct Target {
     listener: TcpListener,
     store: Arc<Store>,
     group_commit_bytes_max: usize,
+    tls: Option<Arc<pki::Authority>>,
 }
 
 impl Target {
@@ -283,7 +286,12 @@ impl Target {
         recovery::resume_all(&store);
         let listener = fsio::bind_listener(options.listen)
             .map_err(|source| TargetError::Listen { addr: options.listen, source })?;
-        Ok(Target { listener, store, group_commit_bytes_max: options.group_commit_bytes_max })
+        Ok(Target {
+            listener,
+            store,
+            group_commit_bytes_max: options.group_commit_bytes_max,
+            tls: options.tls.clone(),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -292,11 +300,15 @@ impl Target {
 
     /// Serves connections until the process ends.
     pub fn serve(self) {
+        let security = if self.tls.is_some() { "TLS 1.3, mutual" } else { "PLAINTEXT" };
         log::info!(
-            "listening on {} (data dir {})",
+            "listening on {} ({security}; data dir {})",
             self.local_addr(),
             self.store.data_dir.display()
         );
+        if self.tls.is_none() {
+            log::warn!("running without TLS ([security] plaintext = true): anyone who reaches the port can replicate, read status and run failovers");
+        }
         let store = self.store.clone();
         let spawned = std::thread::Builder::new().name("target-maintain".into()).spawn(move || {
             store.maintain_forever();
@@ -325,10 +337,11 @@ impl Target {
             }
             let store = self.store.clone();
             let staged_bytes_max = self.group_commit_bytes_max;
+            let tls = self.tls.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("target-conn-{connection_id}"))
                 .spawn(move || {
-                    session::serve(connection_id, stream, &store, staged_bytes_max);
+                    session::serve(connection_id, stream, &store, staged_bytes_max, tls);
                     open.fetch_sub(1, Ordering::SeqCst);
                 });
             if let Err(error) = spawned {

@@ -3,7 +3,6 @@
 //! anything that must observe them (a checksum request, a disk attach) and before the ack.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,7 +34,11 @@ enum SessionError {
 struct Session<'a> {
     id: u64,
     store: &'a Arc<Store>,
-    stream: TcpStream,
+    transport: pki::Transport,
+    /// Who the peer is by its certificate, and so what it may do.
+    access: pki::Access,
+    peer: String,
+    tls: Option<Arc<pki::Authority>>,
     out: Vec<u8>,
     greeted: bool,
     disks: HashMap<u32, Arc<Mutex<Replica>>>,
@@ -47,10 +50,16 @@ struct Session<'a> {
     staged_bytes_max: usize,
 }
 
-pub(crate) fn serve(id: u64, stream: TcpStream, store: &Arc<Store>, staged_bytes_max: usize) {
+pub(crate) fn serve(
+    id: u64,
+    stream: TcpStream,
+    store: &Arc<Store>,
+    staged_bytes_max: usize,
+    tls: Option<Arc<pki::Authority>>,
+) {
     let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |addr| addr.to_string());
     log::debug!("connection {id} from {peer}");
-    let result = run(id, stream, store, staged_bytes_max);
+    let result = run(id, stream, &peer, store, staged_bytes_max, tls);
     store.peers.lock().expect("peers lock").remove(&id);
     match result {
         Ok(()) => log::debug!("connection {id} from {peer} closed"),
@@ -62,16 +71,45 @@ pub(crate) fn serve(id: u64, stream: TcpStream, store: &Arc<Store>, staged_bytes
 fn run(
     id: u64,
     stream: TcpStream,
+    peer: &str,
     store: &Arc<Store>,
     staged_bytes_max: usize,
+    tls: Option<Arc<pki::Authority>>,
 ) -> Result<(), SessionError> {
     stream.set_nodelay(true)?;
-    let mut reader_stream = stream.try_clone()?;
-    reader_stream.set_read_timeout(Some(IDLE_POLL_INTERVAL))?;
+    // The handshake counts against the Hello deadline (a peer trickling it is dropped).
+    stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
+    let transport = match pki::Transport::server(stream, tls.as_ref().map(|a| a.server_config())) {
+        Ok(transport) => transport,
+        Err(error) => {
+            log::warn!("connection {id} from {peer}: refused: {error}");
+            return Ok(());
+        }
+    };
+    transport.tcp().set_read_timeout(Some(IDLE_POLL_INTERVAL))?;
+    let access = match &tls {
+        None => pki::Access::Plaintext,
+        Some(authority) => match authority.identify(transport.peer_certificates()) {
+            Ok(peer) => pki::Access::Tls(peer),
+            Err(reason) => {
+                let mut transport = transport;
+                log::warn!("connection {id} from {peer}: refused: {reason}");
+                let mut out = Vec::new();
+                let frame = Frame::Error { code: error_code::REFUSED, message: &reason };
+                if frame.encode(&mut out).is_ok() {
+                    let _ = transport.write_all(&out);
+                }
+                return Ok(());
+            }
+        },
+    };
     let mut session = Session {
         id,
         store,
-        stream,
+        transport,
+        access,
+        peer: peer.to_string(),
+        tls,
         out: Vec::new(),
         greeted: false,
         disks: HashMap::new(),
@@ -92,7 +130,7 @@ fn run(
             session.send_error(&error);
             return Err(error);
         }
-        let received = match reader_stream.read(&mut buf) {
+        let received = match session.transport.read(&mut buf) {
             Ok(0) => {
                 warn_if_mid_frame(&reader);
                 return session.flush();
@@ -115,7 +153,7 @@ fn run(
         };
         reader.feed(&buf[..received]);
         let result = drain_frames(&mut session, &mut reader)
-            .and_then(|()| drain_queued(&mut session, &mut reader, &reader_stream, &mut buf))
+            .and_then(|()| drain_queued(&mut session, &mut reader, &mut buf))
             .and_then(|open| session.flush().map(|()| open));
         match result {
             Ok(true) => {}
@@ -143,11 +181,10 @@ fn warn_if_mid_frame(reader: &FrameReader) {
 fn drain_queued(
     session: &mut Session<'_>,
     reader: &mut FrameReader,
-    stream: &TcpStream,
     buf: &mut [u8],
 ) -> Result<bool, SessionError> {
     while session.staged_bytes < session.staged_bytes_max {
-        match fsio::recv_queued(stream, buf) {
+        match session.transport.read_queued(buf) {
             Ok(0) => return Ok(false),
             Ok(received) => {
                 reader.feed(&buf[..received]);
@@ -177,14 +214,22 @@ impl Session<'_> {
                 format!("expected Hello, got {}", raw.frame_type.name()),
             ));
         }
+        if let Err(reason) = self.access.check_frame(raw.frame_type) {
+            return Err(self.refuse(reason));
+        }
         match raw.decode()? {
             Frame::Hello(hello) => self.on_hello(&hello),
+            Frame::Register(request) => self.on_register(&request),
             Frame::DiskAttach { disk_id, disk } => self.on_attach(disk_id, &disk),
             Frame::Writes(writes) => self.on_sequenced(writes.disk_id, writes.seq, raw),
             Frame::Marker(marker) => self.on_sequenced(marker.disk_id, marker.seq, raw),
             Frame::ChecksumRequest(request) => self.on_checksum_request(&request),
             Frame::StatusRequest => {
-                let json = self.store.status_json();
+                let mut json = self.store.status_json();
+                if self.tls.is_none() {
+                    // Shown by `status` as a warning.
+                    json = json.replacen('{', "{\"plaintext\":true,", 1);
+                }
                 self.push(&Frame::Status { json: &json })
             }
             Frame::Control { json } => match crate::control::handle(self.store, json) {
@@ -212,6 +257,9 @@ impl Session<'_> {
             return Err(protocol(error_code::PROTOCOL, "second Hello on one connection".into()));
         }
         wire::negotiate_version(hello.version_min, hello.version_max)?;
+        if let Err(reason) = self.access.check_hello(hello.role) {
+            return Err(self.refuse(reason));
+        }
         self.greeted = true;
         if hello.role == Role::Relay {
             let identity = wire::Identity {
@@ -382,10 +430,41 @@ impl Session<'_> {
 
     fn send(&mut self) -> Result<(), SessionError> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out)?;
+            self.transport.write_all(&self.out)?;
             self.out.clear();
         }
         Ok(())
+    }
+
+    /// A refusal: logged here with the peer's identity, sent to the peer by `send_error`.
+    fn refuse(&self, reason: String) -> SessionError {
+        log::warn!(
+            "connection {} from {} ({:?}): refused: {reason}",
+            self.id,
+            self.peer,
+            self.access
+        );
+        protocol(error_code::REFUSED, reason)
+    }
+
+    /// Issues a certificate to a node that proves a passphrase of this target.
+    fn on_register(&mut self, request: &wire::Register<'_>) -> Result<(), SessionError> {
+        let authority = self.tls.clone().expect("Register is refused without TLS");
+        let exporter = self.transport.exporter(pki::register::EXPORTER_LABEL)?;
+        match authority.register(request, &exporter) {
+            Ok(pki::Issued { ca, cert, proof }) => {
+                log::info!(
+                    "connection {} from {}: registered relay {:?}",
+                    self.id,
+                    self.peer,
+                    request.name
+                );
+                self.push(&Frame::Registered { ca: &ca, cert: &cert, proof: &proof })
+            }
+            Err(reason) => {
+                Err(self.refuse(format!("registration of {:?}: {reason}", request.name)))
+            }
+        }
     }
 
     /// Best effort: tell the peer why we close, so its log names the problem too.

@@ -29,6 +29,12 @@ impl FieldWriter<'_> {
         self.u8(len);
         self.bytes(v.as_bytes());
     }
+    /// Bytes with a u16 length. Callers validate the length against their limit.
+    pub(crate) fn blob(&mut self, v: &[u8]) {
+        let len = u16::try_from(v.len()).expect("blob length validated before encoding");
+        self.u16(len);
+        self.bytes(v);
+    }
     /// Long text: u32 length.
     pub(crate) fn text(&mut self, v: &str) {
         let len = u32::try_from(v.len()).expect("text length validated before encoding");
@@ -105,6 +111,15 @@ impl<'a> FieldReader<'a> {
         let len = self.count(field, max)?;
         let bytes = self.take(len, field)?;
         std::str::from_utf8(bytes).map_err(|_| WireError::BadUtf8 { field })
+    }
+
+    /// Bytes with a u16 length, at most `max`.
+    pub(crate) fn blob(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], WireError> {
+        let len = usize::from(self.u16(field)?);
+        if len > max {
+            return Err(WireError::OverLimit { field, value: len as u64, max: max as u64 });
+        }
+        self.take(len, field)
     }
 
     pub(crate) fn rest(&mut self) -> &'a [u8] {

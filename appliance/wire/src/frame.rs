@@ -34,6 +34,10 @@ pub enum FrameType {
     Status = 12,
     /// An operator command (JSON) to a target; answered by `Status` (JSON) or `Error`.
     Control = 13,
+    /// A node without a certificate asks for one with a one-time passphrase (pki crate).
+    Register = 14,
+    /// The answer: the site CA and the node's certificate, proven by the same passphrase.
+    Registered = 15,
 }
 
 impl FrameType {
@@ -52,6 +56,8 @@ impl FrameType {
             11 => Self::StatusRequest,
             12 => Self::Status,
             13 => Self::Control,
+            14 => Self::Register,
+            15 => Self::Registered,
             other => return Err(WireError::UnknownFrameType(other)),
         })
     }
@@ -70,6 +76,8 @@ impl FrameType {
             Self::StatusRequest => "StatusRequest",
             Self::Status => "Status",
             Self::Control => "Control",
+            Self::Register => "Register",
+            Self::Registered => "Registered",
         }
     }
     /// Frames whose body starts with `disk_id u32`.
@@ -316,6 +324,20 @@ pub enum Frame<'a> {
     StatusRequest,
     Status { json: &'a str },
     Control { json: &'a str },
+    Register(Register<'a>),
+    Registered { ca: &'a [u8], cert: &'a [u8], proof: &'a [u8] },
+}
+
+/// A registration request. `public_key` is the node's new key (an uncompressed P-256
+/// point), `signature` its signature over the TLS session's exported key material (proof of
+/// possession), `proof` an HMAC of that material keyed by the passphrase (so a relay in the
+/// middle, in another TLS session, cannot reuse it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Register<'a> {
+    pub name: &'a str,
+    pub public_key: &'a [u8],
+    pub signature: &'a [u8],
+    pub proof: &'a [u8],
 }
 
 /// Error codes carried by `Error` frames.
@@ -350,6 +372,8 @@ impl Frame<'_> {
             Frame::StatusRequest => FrameType::StatusRequest,
             Frame::Status { .. } => FrameType::Status,
             Frame::Control { .. } => FrameType::Control,
+            Frame::Register(_) => FrameType::Register,
+            Frame::Registered { .. } => FrameType::Registered,
         }
     }
 
@@ -434,6 +458,17 @@ impl Frame<'_> {
             }
             Frame::StatusRequest => {}
             Frame::Status { json } | Frame::Control { json } => w.text(json),
+            Frame::Register(register) => {
+                w.name(register.name);
+                w.blob(register.public_key);
+                w.blob(register.signature);
+                w.blob(register.proof);
+            }
+            Frame::Registered { ca, cert, proof } => {
+                w.blob(ca);
+                w.blob(cert);
+                w.blob(proof);
+            }
         }
     }
 
@@ -457,6 +492,17 @@ impl Frame<'_> {
             Frame::Status { json } => check_count("Status.json", json.len(), STATUS_JSON_BYTES_MAX),
             Frame::Control { json } => {
                 check_count("Control.json", json.len(), STATUS_JSON_BYTES_MAX)
+            }
+            Frame::Register(register) => {
+                check_name("Register.name", register.name)?;
+                check_count("Register.public_key", register.public_key.len(), KEY_BYTES_MAX)?;
+                check_count("Register.signature", register.signature.len(), KEY_BYTES_MAX)?;
+                check_count("Register.proof", register.proof.len(), KEY_BYTES_MAX)
+            }
+            Frame::Registered { ca, cert, proof } => {
+                check_count("Registered.ca", ca.len(), CERTIFICATE_BYTES_MAX)?;
+                check_count("Registered.cert", cert.len(), CERTIFICATE_BYTES_MAX)?;
+                check_count("Registered.proof", proof.len(), KEY_BYTES_MAX)
             }
             Frame::Marker(_)
             | Frame::Heartbeat { .. }
@@ -673,6 +719,21 @@ fn decode_body(frame_type: FrameType, body: &[u8]) -> Result<Frame<'_>, WireErro
         FrameType::Control => {
             Frame::Control { json: r.text("Control.json", STATUS_JSON_BYTES_MAX)? }
         }
+        FrameType::Register => {
+            let name = r.name("Register.name")?;
+            check_name("Register.name", name)?;
+            Frame::Register(Register {
+                name,
+                public_key: r.blob("Register.public_key", KEY_BYTES_MAX)?,
+                signature: r.blob("Register.signature", KEY_BYTES_MAX)?,
+                proof: r.blob("Register.proof", KEY_BYTES_MAX)?,
+            })
+        }
+        FrameType::Registered => Frame::Registered {
+            ca: r.blob("Registered.ca", CERTIFICATE_BYTES_MAX)?,
+            cert: r.blob("Registered.cert", CERTIFICATE_BYTES_MAX)?,
+            proof: r.blob("Registered.proof", KEY_BYTES_MAX)?,
+        },
     };
     r.finish()?;
     Ok(frame)

@@ -26,6 +26,10 @@ pub const CHECKSUM_BYTES: usize = 16;
 /// Largest block a checksum may cover.
 pub const CHECKSUM_BLOCK_BYTES_MAX: u32 = 1 << 20;
 /// Largest status document.
+/// A key, signature or proof in a registration.
+pub const KEY_BYTES_MAX: usize = 512;
+/// A DER certificate in a registration answer.
+pub const CERTIFICATE_BYTES_MAX: usize = 8192;
 pub const STATUS_JSON_BYTES_MAX: usize = 1 << 20;
 /// Largest frame body: a full `Writes` frame plus its extent table and fixed fields.
 pub const FRAME_BODY_BYTES_MAX: usize =

@@ -1,4 +1,5 @@
 use super::*;
+use crate::limits::{FRAME_HEADER_BYTES, KEY_BYTES_MAX};
 use proptest::prelude::*;
 
 fn compress_batch(level: i32, data: &[u8], out: &mut Vec<u8>) -> bool {
@@ -233,6 +234,7 @@ proptest! {
 
     #[test]
     fn small_frames_round_trip(disk_id in any::<u32>(), a in any::<u64>(), b in any::<u64>(), code in any::<u16>(), text in "\\PC{0,200}") {
+        let (a_bytes, b_bytes) = (a.to_le_bytes(), b.to_le_bytes());
         let frames = vec![
             Frame::Ack(vec![AckEntry { disk_id, durable_seq: a, replicated_seq: b }]),
             Frame::Heartbeat { time_unix_ms: a },
@@ -243,6 +245,8 @@ proptest! {
             Frame::StatusRequest,
             Frame::Status { json: &text },
             Frame::Control { json: &text },
+            Frame::Register(Register { name: "agent-1", public_key: &text.as_bytes()[..text.len().min(65)], signature: &a_bytes, proof: &b_bytes }),
+            Frame::Registered { ca: text.as_bytes(), cert: &a_bytes, proof: &[] },
         ];
         let mut stream = Vec::new();
         for frame in &frames { frame.encode(&mut stream).unwrap(); }
@@ -310,4 +314,26 @@ fn writes_frame_built_in_place_equals_the_encoded_frame() {
     assert_eq!(&out[1..], &expected[..]);
     let zero_len = vec![Extent { offset: 0, len: 0, flags: 0 }];
     assert!(WritesFrame::begin(0, 1, zero_len, &mut Vec::new()).is_err());
+}
+
+#[test]
+fn registration_blobs_are_bounded() {
+    let big = vec![7u8; KEY_BYTES_MAX + 1];
+    let frame =
+        Frame::Register(Register { name: "n", public_key: &big, signature: &[], proof: &[] });
+    assert_eq!(
+        frame.encode(&mut Vec::new()).unwrap_err().to_string(),
+        WireError::OverLimit { field: "Register.public_key", value: 513, max: 512 }.to_string()
+    );
+    // A hand-made body stating a longer certificate than the limit is refused before slicing.
+    let mut bytes = Vec::new();
+    Frame::Registered { ca: b"ca", cert: b"cert", proof: b"p" }.encode(&mut bytes).unwrap();
+    bytes[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + 2].copy_from_slice(&u16::MAX.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..12]), &bytes[FRAME_HEADER_BYTES..]);
+    bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+    let err = decode_frame(&bytes).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        WireError::OverLimit { field: "Registered.ca", value: 65535, max: 8192 }.to_string()
+    );
 }
