@@ -28,6 +28,7 @@ mod nbd_badinput;
 mod plans;
 mod points;
 mod prune_crash;
+mod security;
 mod sync;
 mod tap;
 mod update;

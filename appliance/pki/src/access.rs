@@ -70,6 +70,15 @@ impl Access {
     }
 }
 
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Access::Plaintext => write!(f, "plaintext"),
+            Access::Tls(peer) => write!(f, "{peer}"),
+        }
+    }
+}
+
 fn role_name(role: Role) -> &'static str {
     match role {
         Role::Agent => "an agent",

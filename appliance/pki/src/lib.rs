@@ -181,7 +181,13 @@ impl PkiDir {
         }
         files::create_dir(&self.dir)?;
         let label = if site.is_empty() { String::new() } else { format!(" {site}") };
-        let common_name = format!("siterelay {}{label} CA", kind.name());
+        // A random tag makes every CA's name unique: two sites with the same (or no) site
+        // name must not look like one issuer (their certificates would then fail as a bad
+        // signature instead of an unknown CA).
+        let mut tag = [0u8; 4];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut tag)
+            .map_err(|_| PkiError::Generate("the system's random source failed".into()))?;
+        let common_name = format!("siterelay {}{label} CA {}", kind.name(), tls::hex(&tag));
         let key = KeyPair::generate()?;
         let params = ca_params(&common_name, now_unix());
         let cert = params.self_signed(&key)?;
@@ -422,6 +428,8 @@ pub struct Authority {
     kind: CaKind,
     config: Arc<rustls::ServerConfig>,
     cached: Mutex<(Option<SystemTime>, Registry)>,
+    /// Disk name → the agent that owns it (`disk-owners.json`), loaded on first use.
+    owners: Mutex<Option<std::collections::BTreeMap<String, String>>>,
 }
 
 impl Authority {
@@ -432,7 +440,13 @@ impl Authority {
             log::info!("created the {} CA in {}", kind.name(), dir.display());
         }
         let config = pki.server_config()?;
-        Ok(Authority { kind, config, cached: Mutex::new((None, Registry::default())), pki })
+        Ok(Authority {
+            kind,
+            config,
+            cached: Mutex::new((None, Registry::default())),
+            owners: Mutex::new(None),
+            pki,
+        })
     }
 
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
@@ -466,6 +480,45 @@ impl Authority {
             ));
         }
         Ok(Peer::Node { name: cert.name.clone(), role: cert.role, serial: cert.serial })
+    }
+
+    /// Binds `disk` to the agent `agent` the first time an agent names it; afterwards only
+    /// that agent may write it, until its certificate is revoked (then the next agent that
+    /// names the disk takes it, which is how a protected machine moves to a new agent).
+    pub fn claim_disk(&self, disk: &str, agent: &str) -> Result<(), String> {
+        let mut owners = self.owners.lock().expect("disk owners lock");
+        if owners.is_none() {
+            let path = self.pki.path("disk-owners.json");
+            *owners = Some(if path.exists() {
+                files::read_json(&path).map_err(|error| error.to_string())?
+            } else {
+                std::collections::BTreeMap::new()
+            });
+        }
+        let map = owners.as_mut().expect("loaded above");
+        match map.get(disk) {
+            Some(owner) if owner == agent => return Ok(()),
+            Some(owner) => {
+                let registry = self.current_registry().map_err(|error| error.to_string())?;
+                let owner_valid = registry.certs.iter().any(|c| {
+                    &c.name == owner && c.role == CertRole::Agent && c.revoked_unix.is_none()
+                });
+                if owner_valid {
+                    return Err(format!(
+                        "disk {disk:?} belongs to agent {owner:?}; an agent may only write its \
+                         own disks (revoke {owner:?} with `siterelay certs revoke {owner}` to \
+                         move the disk to another agent)"
+                    ));
+                }
+                log::warn!(
+                    "disk {disk:?}: its agent {owner:?} was revoked; agent {agent:?} takes it"
+                );
+            }
+            None => {}
+        }
+        map.insert(disk.to_string(), agent.to_string());
+        files::write_json(&self.pki.path("disk-owners.json"), map)
+            .map_err(|error| error.to_string())
     }
 
     fn current_registry(&self) -> Result<Registry, PkiError> {

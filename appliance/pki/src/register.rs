@@ -266,3 +266,53 @@ pub fn register_with(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn passphrases_have_160_bits_in_groups_of_four() {
+        let a = generate_passphrase();
+        assert_eq!(a.len(), 39);
+        assert!(a.split('-').all(|group| group.len() == 4));
+        assert_ne!(a, generate_passphrase());
+        assert_eq!(passphrase_key(&a), passphrase_key(&a.to_lowercase().replace('-', " ")));
+    }
+
+    #[test]
+    fn a_valid_request_is_accepted_once_its_key_signed_this_session() {
+        let exporter = [3u8; 32];
+        let request = Request::new("ABCD", &exporter).unwrap();
+        let frame = request.frame("web01");
+        assert!(check_possession(&frame, &exporter).is_ok());
+        // The same request replayed in another session does not verify.
+        let other = [4u8; 32];
+        assert_eq!(
+            check_possession(&frame, &other).unwrap_err(),
+            "the registration key's signature does not verify"
+        );
+        let key = passphrase_key("ABCD");
+        assert!(proof_matches(&crate::tls::hex(&key), &exporter, &request.proof));
+        assert!(!proof_matches(&crate::tls::hex(&key), &other, &request.proof));
+    }
+
+    proptest! {
+        /// Whatever a peer sends as key, signature and proof is an error, never a panic.
+        #[test]
+        fn hostile_requests_are_errors(
+            key in proptest::collection::vec(any::<u8>(), 0..100),
+            signature in proptest::collection::vec(any::<u8>(), 0..100),
+            proof in proptest::collection::vec(any::<u8>(), 0..40),
+            stored in "[0-9a-fA-Fg-z]{0,70}",
+            name in "\\PC{0,70}",
+        ) {
+            let exporter = [1u8; 32];
+            let frame = wire::Register { name: &name, public_key: &key, signature: &signature, proof: &proof };
+            prop_assert!(check_possession(&frame, &exporter).is_err());
+            prop_assert!(!proof_matches(&stored, &exporter, &proof));
+            let _ = check_name(&name);
+        }
+    }
+}

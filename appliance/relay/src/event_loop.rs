@@ -333,11 +333,15 @@ impl Relay {
     /// relay stops rather than ack what it could not make durable).
     pub fn serve(mut self) -> Result<(), RelayError> {
         log::info!(
-            "listening on {} (cache {}, target {})",
+            "listening on {} ({}; cache {}, target {})",
             self.local_addr(),
+            if self.options.tls.is_some() { "TLS 1.3, mutual" } else { "PLAINTEXT" },
             self.options.cache_dir.display(),
             self.options.target
         );
+        if self.options.tls.is_none() {
+            log::warn!("running without TLS ([security] plaintext = true): anyone who reaches the port can replicate into this relay and read its status");
+        }
         self.ring.submit(tag(KIND_ACCEPT, 0), Op::Accept { fd: self.listener.as_raw_fd() })?;
         self.ring.submit(tag(KIND_TICK, 0), uring::timeout(TICK_INTERVAL))?;
         self.arm_wake(vec![0u8; 8])?;
@@ -542,7 +546,8 @@ impl Relay {
     /// A refusal: logged with the peer's identity, then sent to it by `fail_conn`.
     fn refuse(&self, id: u64, reason: String) -> ConnError {
         let conn = &self.conns[&id];
-        log::warn!("connection {id} from {} ({:?}): refused: {reason}", conn.peer, conn.access);
+        let who = conn.access.as_ref().map_or_else(|| "TLS handshake".into(), |a| a.to_string());
+        log::warn!("connection {id} from {} ({who}): refused: {reason}", conn.peer);
         protocol(error_code::REFUSED, reason)
     }
 
@@ -657,12 +662,12 @@ impl Relay {
             agent_disks.push(self.register_disk(id, local as u32, info)?);
         }
         if role == ConnRole::Agent {
-            log::info!(
-                "agent {} ({}) connected with {} disk(s)",
-                hello.node_id,
-                self.conns[&id].peer,
-                agent_disks.len()
-            );
+            let conn = &self.conns[&id];
+            let who = match conn.access.as_ref().and_then(|access| access.node_name()) {
+                Some(name) => format!("{name} (host {})", hello.node_id),
+                None => hello.node_id.to_string(),
+            };
+            log::info!("agent {who} ({}) connected with {} disk(s)", conn.peer, agent_disks.len());
         }
         let conn = self.conns.get_mut(&id).expect("live connection");
         conn.role = role;
@@ -701,6 +706,13 @@ impl Relay {
                 error_code::PROTOCOL,
                 format!("disk name {:?}: {reason}", info.name),
             ));
+        }
+        if let (Some(authority), Some(agent)) =
+            (&self.options.tls, self.conns[&conn_id].access.as_ref().and_then(|a| a.node_name()))
+        {
+            if let Err(reason) = authority.claim_disk(info.name, agent) {
+                return Err(self.refuse(conn_id, reason));
+            }
         }
         let disk = match self.disks.find(info.name) {
             Some(disk) => disk,

@@ -439,7 +439,7 @@ impl Session<'_> {
     /// A refusal: logged here with the peer's identity, sent to the peer by `send_error`.
     fn refuse(&self, reason: String) -> SessionError {
         log::warn!(
-            "connection {} from {} ({:?}): refused: {reason}",
+            "connection {} from {} ({}): refused: {reason}",
             self.id,
             self.peer,
             self.access
