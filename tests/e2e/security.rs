@@ -382,3 +382,99 @@ fn bad_credentials_and_passphrases_are_refused_and_logged() {
     drop(other);
     let _ = &site.target;
 }
+
+/// Whether any file under `dir` contains `needle`.
+fn any_file_contains(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().flatten().any(|entry| {
+        let path = entry.path();
+        if path.is_dir() {
+            return any_file_contains(&path, needle);
+        }
+        std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+    })
+}
+
+fn cache_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[test]
+fn an_encrypted_cache_holds_no_plaintext_and_opens_only_with_its_key() {
+    let dir = TestDir::new("at-rest");
+    let logs = dir.subdir("logs");
+    // The target stays down at first: everything the agent sends waits in the relay's cache.
+    let mut target = Server::target(&dir.join("target-data"), &logs);
+    let key_file = dir.join("at-rest.key");
+    let right_key = "3f".repeat(32);
+    std::fs::write(&key_file, format!("{right_key}\n")).unwrap();
+    let config = logs.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[relay]\ncompression_level = 0\n[security]\nencrypt_at_rest = true\nat_rest_key_file = \"{}\"\n",
+            path_str(&key_file)
+        ),
+    )
+    .unwrap();
+    let cache = dir.join("relay-cache");
+    let mut relay =
+        Server::relay_with(target.addr(), &cache, &logs, &["--config", path_str(&config)]);
+    relay.start();
+
+    // A source full of a known text; compression is off, so only encryption can hide it.
+    const PATTERN: &[u8] = b"SITERELAY-AT-REST-PATTERN-0123456789\n";
+    let source = dir.join("disk.img");
+    let mut bytes = Vec::with_capacity(8 << 20);
+    while bytes.len() < 8 << 20 {
+        bytes.extend_from_slice(PATTERN);
+    }
+    bytes.truncate(8 << 20);
+    std::fs::write(&source, &bytes).unwrap();
+    let mut spec = OsString::from("disk0=");
+    spec.push(&source);
+    let agent: Vec<OsString> = vec![
+        "agent".into(),
+        "--relay".into(),
+        relay.addr().to_string().into(),
+        "--disk".into(),
+        spec,
+        "--state-dir".into(),
+        dir.join("agent-state").into(),
+        "--once".into(),
+        "--reconnect-timeout".into(),
+        "3".into(),
+    ];
+    let run = crate::harness::Running::spawn(&agent, &logs, "agent").wait(COMMAND_TIMEOUT).unwrap();
+    assert!(
+        !run.status.success(),
+        "the target is down, the sync cannot finish:\n{}",
+        run.describe()
+    );
+    assert!(cache_bytes(&cache) >= 8 << 20, "the writes are not in the cache");
+    assert!(!any_file_contains(&cache, &PATTERN[..24]), "plaintext of the source in the cache");
+
+    // A wrong key is refused at start, naming both keys; nothing is lost.
+    std::fs::write(&key_file, format!("{}\n", "a5".repeat(32))).unwrap();
+    let refused = relay.try_restart_after(Duration::ZERO).unwrap_err();
+    assert!(refused.contains("it holds records encrypted with key"), "{refused}");
+    assert!(refused.contains("and this relay was started with key"), "{refused}");
+
+    // The right key: the cache is delivered once the target is up, and the replica is whole.
+    std::fs::write(&key_file, format!("{right_key}\n")).unwrap();
+    relay.try_restart_after(Duration::ZERO).unwrap();
+    target.start();
+    let replica = dir.join("target-data").join("replicas").join("disk0.img");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(replica.exists() && same_bytes(&source, &replica)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cached writes did not reach the replica"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

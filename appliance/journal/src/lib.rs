@@ -48,6 +48,7 @@ mod error;
 mod record;
 mod recovery;
 mod scan;
+mod sealed;
 mod segment;
 
 #[cfg(test)]
@@ -59,6 +60,7 @@ pub use record::{
 };
 pub use recovery::{recover, Recovery, Tail};
 pub use scan::{records, Records};
+pub use sealed::{RecordKey, SealError, SEAL_OVERHEAD_BYTES};
 pub use segment::{parse_segment_file_name, segment_file_name};
 
 /// Size limits of the record format.

@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +44,8 @@ pub(crate) struct Cache {
     pub(crate) pending_seqs: HashMap<usize, u64>,
     /// The other group-commit buffer, idle while `pending` fills.
     pub(crate) spare: Vec<u8>,
+    /// Encrypts records at rest (`[security] encrypt_at_rest`).
+    pub(crate) key: Option<Arc<journal::RecordKey>>,
 }
 
 /// The layout of cache records (stored `DiskInfo` + frame body). Bumped whenever a record
@@ -54,6 +57,9 @@ struct StateFile {
     /// Absent in caches written before formats were recorded (format 1).
     #[serde(default = "first_format")]
     format: u32,
+    /// The id of the key the records are encrypted with; absent: not encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
     disks: Vec<DiskState>,
 }
 
@@ -77,13 +83,31 @@ impl Cache {
         segment_bytes_max: u64,
         bytes_max: u64,
         disks: &mut Disks,
+        key: Option<Arc<journal::RecordKey>>,
     ) -> Result<Cache, RelayError> {
         std::fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
-        let format = load_state(dir, disks)?;
+        let (format, key_id) = load_state(dir, disks)?;
         let indexes = list_segments(dir)?;
+        let holds_records = indexes.iter().any(|&index| {
+            std::fs::metadata(dir.join(journal::segment_file_name(index)))
+                .is_ok_and(|meta| meta.len() > 0)
+        });
+        let wanted = key.as_ref().map(|key| key.id().to_string());
+        if holds_records && key_id != wanted {
+            let held = key_id.map_or("unencrypted records".into(), |id| {
+                format!("records encrypted with key {id}")
+            });
+            let started =
+                wanted.map_or("without encryption at rest".into(), |id| format!("with key {id}"));
+            return Err(RelayError::CacheKey {
+                dir: dir.to_path_buf(),
+                reason: format!("it holds {held}, and this relay was started {started}. Start it as the cache was written ([security] encrypt_at_rest and at_rest_key_file) so it delivers them, or move the cache directory away to start over (its unforwarded writes are then lost and the agents resync)"),
+            });
+        }
+        let key_id = key.as_ref().map(|key| key.id());
         match format {
             Some(CACHE_FORMAT) => {}
-            None if indexes.is_empty() => store_state(dir, disks)?,
+            None if indexes.is_empty() => store_state(dir, disks, key_id)?,
             other => {
                 let found =
                     other.map_or("an unrecorded format".to_string(), |f| format!("format {f}"));
@@ -96,7 +120,7 @@ impl Cache {
         let mut segments = VecDeque::with_capacity(indexes.len() + 1);
         for (position, index) in indexes.iter().enumerate() {
             let is_newest = position + 1 == indexes.len();
-            segments.push_back(scan_segment(dir, *index, is_newest, disks)?);
+            segments.push_back(scan_segment(dir, *index, is_newest, disks, key.as_deref())?);
         }
         let mut cache = Cache {
             dir: dir.to_path_buf(),
@@ -106,7 +130,10 @@ impl Cache {
             pending: Vec::new(),
             pending_seqs: HashMap::new(),
             spare: Vec::new(),
+            key,
         };
+        // Records the key (or none) the cache is written with from now on.
+        cache.store_state(disks)?;
         if cache.segments.back().is_none_or(|last| last.len >= segment_bytes_max) {
             cache.add_segment()?;
         }
@@ -187,7 +214,7 @@ impl Cache {
         if freeable == 0 {
             return Ok(0);
         }
-        store_state(&self.dir, disks)?;
+        store_state(&self.dir, disks, self.key.as_ref().map(|key| key.id()))?;
         let mut freed = 0;
         for _ in 0..freeable {
             let segment = self.segments.pop_front().expect("counted above");
@@ -200,7 +227,7 @@ impl Cache {
 
     /// Persists every disk's identity and replicated position now (a take-over).
     pub(crate) fn store_state(&self, disks: &Disks) -> Result<(), RelayError> {
-        store_state(&self.dir, disks)
+        store_state(&self.dir, disks, self.key.as_ref().map(|key| key.id()))
     }
 
     pub(crate) fn segment_path(&self, index: u64) -> PathBuf {
@@ -212,12 +239,13 @@ fn state_path(dir: &Path) -> PathBuf {
     dir.join("cache.state")
 }
 
-/// Loads `cache.state` into `disks`; returns its format, `None` without a state file.
-fn load_state(dir: &Path, disks: &mut Disks) -> Result<Option<u32>, RelayError> {
+/// Loads `cache.state` into `disks`; returns its format (`None` without a state file) and the
+/// id of the key its records are encrypted with.
+fn load_state(dir: &Path, disks: &mut Disks) -> Result<(Option<u32>, Option<String>), RelayError> {
     let path = state_path(dir);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok((None, None)),
         Err(error) => return Err(io_error("read", &path)(error)),
     };
     let state: StateFile = serde_json::from_str(&text)
@@ -230,12 +258,13 @@ fn load_state(dir: &Path, disks: &mut Disks) -> Result<Option<u32>, RelayError> 
             })?;
         disks.insert(&disk.name, generation, disk.size_bytes, disk.replicated_seq);
     }
-    Ok(Some(state.format))
+    Ok((Some(state.format), state.key_id))
 }
 
-fn store_state(dir: &Path, disks: &Disks) -> Result<(), RelayError> {
+fn store_state(dir: &Path, disks: &Disks, key_id: Option<&str>) -> Result<(), RelayError> {
     let state = StateFile {
         format: CACHE_FORMAT,
+        key_id: key_id.map(str::to_string),
         disks: disks
             .list
             .iter()
@@ -263,7 +292,9 @@ fn scan_segment(
     index: u64,
     is_newest: bool,
     disks: &mut Disks,
+    key: Option<&journal::RecordKey>,
 ) -> Result<Segment, RelayError> {
+    let mut plain = Vec::new();
     let path = dir.join(journal::segment_file_name(index));
     let mut file =
         OpenOptions::new().read(true).write(true).open(&path).map_err(io_error("open", &path))?;
@@ -278,13 +309,9 @@ fn scan_segment(
         let stop = loop {
             match journal::decode_record(&buf[consumed..], buf_offset + consumed as u64) {
                 Ok(Some((record, used))) => {
-                    register_record(
-                        &path,
-                        buf_offset + consumed as u64,
-                        record,
-                        disks,
-                        &mut max_seq,
-                    )?;
+                    let offset = buf_offset + consumed as u64;
+                    let record = open_record(key, record, &mut plain, &path, offset)?;
+                    register_record(&path, offset, record, disks, &mut max_seq)?;
                     consumed += used;
                 }
                 Ok(None) => break None,
@@ -337,6 +364,21 @@ fn finish_damaged_segment(
             Ok(Segment { index, file, len: offset, durable_len: offset, max_seq })
         }
     }
+}
+
+/// The record as written, decrypted when the cache is encrypted.
+pub(crate) fn open_record<'a>(
+    key: Option<&journal::RecordKey>,
+    record: journal::RecordRef<'a>,
+    scratch: &'a mut Vec<u8>,
+    path: &Path,
+    offset: u64,
+) -> Result<journal::RecordRef<'a>, RelayError> {
+    let Some(key) = key else { return Ok(record) };
+    let body = key
+        .decrypt_body(record.kind, record.body, scratch)
+        .map_err(|source| RelayError::Sealed { path: path.to_path_buf(), offset, source })?;
+    Ok(journal::RecordRef { kind: record.kind, body })
 }
 
 fn register_record(

@@ -17,6 +17,13 @@ pub enum RelayError {
     },
     #[error("cache segment {} is damaged at byte {offset} although newer segments follow: {reason}; refusing to start (acknowledged data would be lost)", path.display())]
     DamagedSealedSegment { path: PathBuf, offset: u64, reason: String },
+    #[error("{} at offset {offset}: {source}; start the relay with the key that wrote the cache ([security] at_rest_key_file), or move the cache directory away (its unforwarded writes are then lost and the agents resync)", path.display())]
+    Sealed {
+        path: PathBuf,
+        offset: u64,
+        #[source]
+        source: journal::SealError,
+    },
     #[error("cache record at {} byte {offset}: {source}", path.display())]
     Record {
         path: PathBuf,
@@ -24,6 +31,8 @@ pub enum RelayError {
         #[source]
         source: wire::WireError,
     },
+    #[error("cache {}: {reason}", dir.display())]
+    CacheKey { dir: PathBuf, reason: String },
     #[error("bad cache state file {}: {reason}", path.display())]
     State { path: PathBuf, reason: String },
     #[error(transparent)]

@@ -251,6 +251,8 @@ pub struct Relay {
     compress_scratch: Vec<u8>,
     /// Decrypted bytes on their way from TLS into a connection's frame reader.
     scratch: Vec<u8>,
+    /// A cache record's body decrypted for forwarding.
+    open_scratch: Vec<u8>,
     pool: Pool,
     /// Tickets order records between the pool and the cache: `next_ticket` is handed out on
     /// arrival, `stage_ticket` is the next one to stage; finished ones wait in `ready`.
@@ -278,7 +280,7 @@ impl Relay {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             threads => threads,
         };
-        let pool = Pool::start(threads, options.compression_level)
+        let pool = Pool::start(threads, options.compression_level, options.at_rest.clone())
             .map_err(io_error("start compression threads for", &options.cache_dir))?;
         let mut disks = Disks::default();
         let cache = Cache::open(
@@ -286,6 +288,7 @@ impl Relay {
             options.segment_bytes,
             options.cache_bytes_max,
             &mut disks,
+            options.at_rest.clone(),
         )?;
         let listener = fsio::bind_listener(options.listen)
             .map_err(|source| RelayError::Listen { addr: options.listen, source })?;
@@ -312,6 +315,7 @@ impl Relay {
             },
             compress_scratch: Vec::new(),
             scratch: vec![0u8; 64 << 10],
+            open_scratch: Vec::new(),
             pool,
             next_ticket: 0,
             fatal: None,
@@ -978,6 +982,9 @@ impl Relay {
         let start = journal::begin_record(frame_type as u8, &mut record);
         record.extend_from_slice(&prefix);
         record.extend_from_slice(body);
+        if let Some(key) = &self.options.at_rest {
+            key.encrypt_body(&mut record, start);
+        }
         journal::seal_record(&mut record, start).expect("a frame body fits a journal record");
         let ticket = self.take_ticket();
         self.ready.insert(ticket, Ready { disk, seq, record, stored_payload_bytes });
@@ -1238,7 +1245,24 @@ impl Relay {
     ) -> Result<(), RelayError> {
         let record_error = |source| RelayError::Record { path: path.to_path_buf(), offset, source };
         let frame_type = FrameType::from_u8(record.kind).map_err(record_error)?;
-        let (info, body) = wire::decode_stored(record.body).map_err(record_error)?;
+        let mut plain = std::mem::take(&mut self.open_scratch);
+        let key = self.options.at_rest.clone();
+        let result = crate::cache::open_record(key.as_deref(), record, &mut plain, path, offset)
+            .and_then(|record| self.forward_plain(link_id, frame_type, record.body, path, offset));
+        self.open_scratch = plain;
+        result
+    }
+
+    fn forward_plain(
+        &mut self,
+        link_id: u64,
+        frame_type: FrameType,
+        stored: &[u8],
+        path: &std::path::Path,
+        offset: u64,
+    ) -> Result<(), RelayError> {
+        let record_error = |source| RelayError::Record { path: path.to_path_buf(), offset, source };
+        let (info, body) = wire::decode_stored(stored).map_err(record_error)?;
         let disk = self.disks.insert(info.name, info.generation, info.size_bytes, 0);
         if self.disks.list[disk].generation != info.generation {
             return Ok(()); // a generation that was taken over: delivered, and replaced

@@ -43,4 +43,6 @@ pub struct RelayOptions {
     pub tls: Option<std::sync::Arc<pki::Authority>>,
     /// The credential registered with the target; `None` connects plaintext.
     pub upstream_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Encrypts the cache journal's records (AES-256-GCM); `None` stores them as they are.
+    pub at_rest: Option<std::sync::Arc<journal::RecordKey>>,
 }

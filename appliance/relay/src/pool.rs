@@ -74,7 +74,11 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    pub(crate) fn start(threads: usize, level: i32) -> std::io::Result<Pool> {
+    pub(crate) fn start(
+        threads: usize,
+        level: i32,
+        key: Option<Arc<journal::RecordKey>>,
+    ) -> std::io::Result<Pool> {
         assert!(threads > 0, "at least one compression thread");
         let wake = Arc::new(uring::EventFd::new()?);
         let (job_sender, job_receiver) = mpsc::channel::<Job>();
@@ -87,9 +91,10 @@ impl Pool {
             let done = done_sender.clone();
             let wake = wake.clone();
             let buffers = buffers.clone();
+            let key = key.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("relay-zstd-{index}"))
-                .spawn(move || work(&jobs, &done, &wake, &buffers, level))?;
+                .spawn(move || work(&jobs, &done, &wake, &buffers, level, key.as_deref()))?;
             handles.push(handle);
         }
         Ok(Pool { buffers, jobs: Some(job_sender), done, wake, threads: handles, in_flight: 0 })
@@ -138,6 +143,7 @@ fn work(
     wake: &uring::EventFd,
     buffers: &Buffers,
     level: i32,
+    key: Option<&journal::RecordKey>,
 ) {
     let mut compressor = wire::BatchCompressor::new(level);
     loop {
@@ -146,7 +152,7 @@ fn work(
             Err(_) => return,
         };
         let mut record = buffers.take();
-        let stored_payload_bytes = build_record(&mut compressor, &job, &mut record);
+        let stored_payload_bytes = build_record(&mut compressor, &job, &mut record, key);
         buffers.give(job.body);
         let finished =
             Done { ticket: job.ticket, disk: job.disk, seq: job.seq, record, stored_payload_bytes };
@@ -159,7 +165,12 @@ fn work(
 
 /// The journal record for a job, built in place: header, stored prefix, the `Writes` fields,
 /// then the payload, compressed straight into the record when that is worth it.
-fn build_record(compressor: &mut wire::BatchCompressor, job: &Job, record: &mut Vec<u8>) -> usize {
+fn build_record(
+    compressor: &mut wire::BatchCompressor,
+    job: &Job,
+    record: &mut Vec<u8>,
+    key: Option<&journal::RecordKey>,
+) -> usize {
     let decoded = RawFrame { frame_type: FrameType::Writes, body: &job.body }.decode();
     let Ok(Frame::Writes(writes)) = decoded else {
         unreachable!("the event loop submits only validated Writes bodies");
@@ -177,6 +188,9 @@ fn build_record(compressor: &mut wire::BatchCompressor, job: &Job, record: &mut 
         record.extend_from_slice(&job.body);
         writes.payload.len()
     };
+    if let Some(key) = key {
+        key.encrypt_body(record, start);
+    }
     journal::seal_record(record, start).expect("stored frames fit a journal record");
     stored_payload_bytes
 }

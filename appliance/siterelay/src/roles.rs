@@ -130,6 +130,7 @@ pub(crate) fn relay_options(config: &config::RelayConfig) -> relay::RelayOptions
             .collect(),
         tls: None,
         upstream_tls: None,
+        at_rest: None,
     }
 }
 
@@ -165,6 +166,7 @@ pub(crate) fn run_relay(config: Config) -> Result<(), String> {
     let mut options = relay_options(&config.relay);
     options.tls = crate::security::authority(&config, pki::CaKind::Relay)?;
     options.upstream_tls = crate::security::upstream(&config)?;
+    options.at_rest = crate::security::at_rest_key(&config)?;
     let relay = relay::Relay::bind(options).map_err(|error| error.to_string())?;
     relay.serve().map_err(|error| error.to_string())
 }

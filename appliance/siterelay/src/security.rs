@@ -70,6 +70,65 @@ pub(crate) fn upstream(config: &Config) -> Result<Option<Arc<rustls::ClientConfi
         .map_err(|error| error.to_string())
 }
 
+/// The key the relay's cache is encrypted with, or `None` when encryption at rest is off.
+/// The default key file is created at first start; a configured one must exist.
+pub(crate) fn at_rest_key(config: &Config) -> Result<Option<Arc<journal::RecordKey>>, String> {
+    if !config.security.encrypt_at_rest {
+        return Ok(None);
+    }
+    let configured = !config.security.at_rest_key_file.as_os_str().is_empty();
+    let path = if configured {
+        config.security.at_rest_key_file.clone()
+    } else {
+        config.security.pki_dir.join("at-rest.key")
+    };
+    if !path.exists() {
+        if configured {
+            return Err(format!(
+                "at_rest_key_file {}: no such file (the key the cache is encrypted with; \
+                 64 hex digits)",
+                path.display()
+            ));
+        }
+        let mut key = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+            .map_err(|_| "the system's random source failed".to_string())?;
+        let text: String = key.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n";
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        write_private(&path, text.as_bytes())?;
+        log::warn!(
+            "created the at-rest key {}: back it up, the cache cannot be read without it",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let hex = text.trim();
+    let bytes: Option<Vec<u8>> = (hex.len() == 64)
+        .then(|| (0..32).map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect())
+        .flatten();
+    let Some(bytes) = bytes else {
+        return Err(format!("{}: not a 256-bit key (64 hex digits)", path.display()));
+    };
+    let key: [u8; 32] = bytes.try_into().expect("32 bytes");
+    Ok(Some(Arc::new(journal::RecordKey::new(&key))))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 static OPERATOR_PKI_DIR: OnceLock<PathBuf> = OnceLock::new();
 
 /// Takes `--pki-dir DIR` out of an operator command's arguments (it may appear anywhere).
