@@ -22,6 +22,8 @@ struct Site {
     target: Server,
     relay: Server,
     relay_pki: PathBuf,
+    target_addr_text: String,
+    relay_addr_text: String,
 }
 
 fn path_str(path: &Path) -> &str {
@@ -105,7 +107,9 @@ impl Site {
             &["--pki-dir", path_str(&relay_pki)],
         );
         relay.start();
-        Site { dir, logs, target, relay, relay_pki }
+        let (target_addr_text, relay_addr_text) =
+            (target.addr().to_string(), relay.addr().to_string());
+        Site { dir, logs, target, relay, relay_pki, target_addr_text, relay_addr_text }
     }
 
     /// Registers an agent named `name` with the relay; returns its PKI directory.
@@ -477,4 +481,47 @@ fn an_encrypted_cache_holds_no_plaintext_and_opens_only_with_its_key() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn a_planned_failover_over_tls_uses_each_sites_admin_credential() {
+    let site = Site::start("tls-planned");
+    let source = site.dir.join("web01.img");
+    write_mixed_image(&source, 16 * MIB, 12);
+    let agent = site.agent_pki("web01");
+    ok(site.sync(site.relay.addr(), "web01", &source, &agent, "state"), "sync over TLS");
+    let target_pki = site.dir.join("target-pki");
+    let socket = site.dir.join("failover.sock");
+    let planned = |extra: &[&str]| {
+        let mut args = vec![
+            "failover",
+            "planned",
+            "--connect",
+            &site.target_addr_text,
+            "--relay",
+            &site.relay_addr_text,
+            "--disk",
+            "web01",
+            "--nbd-listen",
+            path_str(&socket),
+            "--json",
+            "--pki-dir",
+            path_str(&target_pki),
+        ];
+        args.extend_from_slice(extra);
+        run_siterelay(&args, &site.logs, COMMAND_TIMEOUT)
+    };
+    // The target's admin credential does not open the relay (another CA) ...
+    let refused = planned(&[]);
+    assert!(!refused.status.success(), "{}", refused.describe());
+    assert!(
+        refused.stderr.contains("invalid peer certificate: UnknownIssuer"),
+        "{}",
+        refused.describe()
+    );
+    // ... the relay's does.
+    let done = ok(planned(&["--relay-pki-dir", path_str(&site.relay_pki)]), "planned failover");
+    let record: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
+    assert_eq!(record["kind"], "planned", "{record}");
+    assert!(same_bytes(&source, &site.replica("web01")), "the failed-over replica differs");
 }

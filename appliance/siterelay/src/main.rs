@@ -98,7 +98,8 @@ usage:
   siterelay register --connect ADDR --passphrase P [--name N] [--role agent|relay] [--pki-dir DIR]
   siterelay certs list [--json] | revoke NAME|SERIAL | init --kind relay|target [--pki-dir DIR]
       Mutual TLS (docs/SECURITY.md): one-time passphrases, the registry of issued
-      certificates, revocation. Operator commands take --pki-dir DIR for the admin credential.
+      certificates, revocation. Operator commands take --pki-dir DIR for the admin credential
+      (and --relay-pki-dir DIR for the --relay of a planned failover).
   siterelay config check FILE
       Validate a configuration file (unknown keys and bad values with line and column).
   siterelay --version | --help

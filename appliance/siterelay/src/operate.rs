@@ -204,6 +204,7 @@ const PLANNED_DRAIN_SECS: u64 = 600;
 pub(crate) fn drained(relay: SocketAddr, disk: &str, timeout: Duration) -> Result<u64, String> {
     let deadline = Instant::now() + timeout;
     loop {
+        crate::security::use_relay_credential(relay)?;
         let status = crate::status::fetch_json(relay)?;
         let entry = status["disks"]
             .as_array()

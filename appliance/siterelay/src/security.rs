@@ -131,21 +131,42 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 static OPERATOR_PKI_DIR: OnceLock<PathBuf> = OnceLock::new();
 
-/// Takes `--pki-dir DIR` out of an operator command's arguments (it may appear anywhere).
+static RELAY_PKI_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Takes `--pki-dir DIR` (the admin credential for `--connect`) and `--relay-pki-dir DIR`
+/// (for `--relay`, whose CA is another) out of an operator command's arguments.
 pub(crate) fn take_operator_pki_dir(rest: &[String]) -> Result<Vec<String>, String> {
     let mut out = Vec::with_capacity(rest.len());
     let mut args = rest.iter();
     while let Some(arg) = args.next() {
-        if arg == "--pki-dir" {
-            let dir = args.next().ok_or("--pki-dir needs a directory")?;
-            let _ = OPERATOR_PKI_DIR.set(PathBuf::from(dir));
-        } else if let Some(dir) = arg.strip_prefix("--pki-dir=") {
-            let _ = OPERATOR_PKI_DIR.set(PathBuf::from(dir));
-        } else {
+        let mut found = false;
+        for (flag, slot) in [("--pki-dir", &OPERATOR_PKI_DIR), ("--relay-pki-dir", &RELAY_PKI_DIR)]
+        {
+            if arg == flag {
+                let dir = args.next().ok_or_else(|| format!("{flag} needs a directory"))?;
+                let _ = slot.set(PathBuf::from(dir));
+                found = true;
+            } else if let Some(dir) = arg.strip_prefix(&format!("{flag}=")) {
+                let _ = slot.set(PathBuf::from(dir));
+                found = true;
+            }
+        }
+        if !found {
             out.push(arg.clone());
         }
     }
     Ok(out)
+}
+
+/// Management commands to the relay at `addr` use the admin credential of `--relay-pki-dir`
+/// when one was given (the relay's CA is not the target's).
+pub(crate) fn use_relay_credential(addr: std::net::SocketAddr) -> Result<(), String> {
+    if let Some(dir) = RELAY_PKI_DIR.get() {
+        if !plaintext_forced() {
+            set_operator_credential(addr, admin_tls(dir)?);
+        }
+    }
+    Ok(())
 }
 
 fn operator_pki_dir() -> PathBuf {
