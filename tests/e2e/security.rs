@@ -162,6 +162,12 @@ impl Site {
     }
 }
 
+/// The command failed and said `needle`.
+fn assert_refused(finished: &Finished, needle: &str) {
+    assert!(!finished.status.success(), "not refused:\n{}", finished.describe());
+    assert!(finished.stderr.contains(needle), "no {needle:?} in:\n{}", finished.describe());
+}
+
 fn same_bytes(a: &Path, b: &Path) -> bool {
     std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
 }
@@ -199,8 +205,7 @@ fn registered_agents_replicate_over_tls_and_revoked_ones_are_refused() {
         &site.logs,
         COMMAND_TIMEOUT,
     );
-    assert!(!denied.status.success());
-    assert!(denied.stderr.contains("holds no admin credential"), "{}", denied.describe());
+    assert_refused(&denied, "holds no admin credential");
 
     let listed = ok(
         run_siterelay(
@@ -221,8 +226,7 @@ fn registered_agents_replicate_over_tls_and_revoked_ones_are_refused() {
     );
     let offset = site.relay.log_len();
     let refused = site.sync(site.relay.addr(), "web01", &source, &agent, "state");
-    assert!(!refused.status.success(), "a revoked agent replicated:\n{}", refused.describe());
-    assert!(refused.stderr.contains("was revoked"), "{}", refused.describe());
+    assert_refused(&refused, "was revoked");
     site.relay_logged(offset, "refused: the certificate of agent \"web01\"");
 }
 
@@ -241,12 +245,7 @@ fn an_agent_cannot_write_another_agents_disk() {
     write_mixed_image(&other, 16 * MIB, 6);
     let offset = site.relay.log_len();
     let refused = site.sync(site.relay.addr(), "web01", &other, &intruder, "state2");
-    assert!(!refused.status.success(), "{}", refused.describe());
-    assert!(
-        refused.stderr.contains("disk \"web01\" belongs to agent \"web01\""),
-        "{}",
-        refused.describe()
-    );
+    assert_refused(&refused, "disk \"web01\" belongs to agent \"web01\"");
     let log = site.relay_logged(offset, "belongs to agent");
     assert!(
         log.contains("(agent \"web02\" (certificate "),
@@ -270,8 +269,7 @@ fn bad_credentials_and_passphrases_are_refused_and_logged() {
     let offset = site.relay.log_len();
     let late =
         register(site.relay.addr(), &pass, "agent", "late", &site.dir.join("late-pki"), &site.logs);
-    assert!(!late.status.success());
-    assert!(late.stderr.contains("the passphrase has expired"), "{}", late.describe());
+    assert_refused(&late, "the passphrase has expired");
     site.relay_logged(offset, "refused: registration of \"late\": the passphrase has expired");
 
     // No certificate: openssl as the client, sending a Hello and a status request.
@@ -340,12 +338,7 @@ fn bad_credentials_and_passphrases_are_refused_and_logged() {
     write_mixed_image(&source, 8 * MIB, 9);
     let offset = site.relay.log_len();
     let refused = site.sync(site.relay.addr(), "web09", &source, &foreign, "state9");
-    assert!(!refused.status.success(), "{}", refused.describe());
-    assert!(
-        refused.stderr.contains("invalid peer certificate: UnknownIssuer"),
-        "{}",
-        refused.describe()
-    );
+    assert_refused(&refused, "invalid peer certificate: UnknownIssuer");
     site.relay_logged(offset, "refused: TLS: received fatal alert: UnknownCA");
     assert!(!site.replica("web09").exists());
     // ... and a client that presents that certificate anyway is refused by the relay.
@@ -377,12 +370,7 @@ fn bad_credentials_and_passphrases_are_refused_and_logged() {
         &site.logs,
         COMMAND_TIMEOUT,
     );
-    assert!(!bare.status.success());
-    assert!(
-        bare.stderr.contains("holds no certificate for this node: register it first"),
-        "{}",
-        bare.describe()
-    );
+    assert_refused(&bare, "holds no certificate for this node: register it first");
     drop(other);
     let _ = &site.target;
 }
@@ -513,12 +501,7 @@ fn a_planned_failover_over_tls_uses_each_sites_admin_credential() {
     };
     // The target's admin credential does not open the relay (another CA) ...
     let refused = planned(&[]);
-    assert!(!refused.status.success(), "{}", refused.describe());
-    assert!(
-        refused.stderr.contains("invalid peer certificate: UnknownIssuer"),
-        "{}",
-        refused.describe()
-    );
+    assert_refused(&refused, "invalid peer certificate: UnknownIssuer");
     // ... the relay's does.
     let done = ok(planned(&["--relay-pki-dir", path_str(&site.relay_pki)]), "planned failover");
     let record: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();

@@ -295,11 +295,7 @@ impl PkiDir {
         if !dir.join("node.crt").exists() {
             return Err(PkiError::NotRegistered { dir: self.dir.clone() });
         }
-        tls::client_config(
-            &files::read_cert(&dir.join("ca.crt"))?,
-            files::read_cert(&dir.join("node.crt"))?,
-            files::read_key(&dir.join("node.key"))?,
-        )
+        client_config_from(&dir.join("ca.crt"), &dir.join("node.crt"), &dir.join("node.key"))
     }
 
     /// The administrator's configuration for management commands to this directory's node.
@@ -307,11 +303,7 @@ impl PkiDir {
         if !self.path("admin.crt").exists() {
             return Err(PkiError::NoAdmin { dir: self.dir.clone() });
         }
-        tls::client_config(
-            &files::read_cert(&self.path("ca.crt"))?,
-            files::read_cert(&self.path("admin.crt"))?,
-            files::read_key(&self.path("admin.key"))?,
-        )
+        client_config_from(&self.path("ca.crt"), &self.path("admin.crt"), &self.path("admin.key"))
     }
 
     /// Stores the credential a registration returned.
@@ -327,6 +319,14 @@ impl PkiDir {
     pub fn is_registered(&self) -> bool {
         self.path("upstream/node.crt").exists()
     }
+}
+
+fn client_config_from(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+    tls::client_config(&files::read_cert(ca)?, files::read_cert(cert)?, files::read_key(key)?)
 }
 
 fn ca_params(common_name: &str, now: u64) -> CertificateParams {
