@@ -508,3 +508,107 @@ fn a_planned_failover_over_tls_uses_each_sites_admin_credential() {
     assert_eq!(record["kind"], "planned", "{record}");
     assert!(same_bytes(&source, &site.replica("web01")), "the failed-over replica differs");
 }
+
+/// `failover materialize` of the newest point of `disk` into `out`.
+fn materialize(target: SocketAddr, disk: &str, out: &Path, logs: &Path) -> Finished {
+    run_siterelay(
+        &[
+            "failover",
+            "materialize",
+            "--connect",
+            &target.to_string(),
+            "--disk",
+            disk,
+            "--point",
+            "latest",
+            "--output",
+            path_str(out),
+            "--wait",
+            "--json",
+        ],
+        logs,
+        COMMAND_TIMEOUT,
+    )
+}
+
+#[test]
+fn an_encrypted_target_journal_holds_no_plaintext_and_its_points_still_read() {
+    let dir = TestDir::new("at-rest-target");
+    let logs = dir.subdir("logs");
+    let key_file = dir.join("at-rest.key");
+    let right_key = "7c".repeat(32);
+    std::fs::write(&key_file, format!("{right_key}\n")).unwrap();
+    // The default retention keeps every point of the last 2 h: the writes stay in the journal.
+    let config = logs.join("target.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[security]\nencrypt_at_rest = true\nat_rest_key_file = \"{}\"\n",
+            path_str(&key_file)
+        ),
+    )
+    .unwrap();
+    let data = dir.join("target-data");
+    let mut target = Server::target_with(&data, &logs, &["--config", path_str(&config)]);
+    target.start();
+    let relay_config = logs.join("relay.toml");
+    std::fs::write(&relay_config, "[relay]\ncompression_level = 0\n").unwrap();
+    let mut relay = Server::relay_with(
+        target.addr(),
+        &dir.join("relay-cache"),
+        &logs,
+        &["--config", path_str(&relay_config)],
+    );
+    relay.start();
+
+    const PATTERN: &[u8] = b"TARGET-JOURNAL-AT-REST-PATTERN-0123\n";
+    let source = dir.join("disk.img");
+    let mut bytes = Vec::with_capacity(8 << 20);
+    while bytes.len() < 8 << 20 {
+        bytes.extend_from_slice(PATTERN);
+    }
+    bytes.truncate(8 << 20);
+    std::fs::write(&source, &bytes).unwrap();
+    let mut spec = OsString::from("disk0=");
+    spec.push(&source);
+    let agent: Vec<OsString> = vec![
+        "agent".into(),
+        "--relay".into(),
+        relay.addr().to_string().into(),
+        "--disk".into(),
+        spec,
+        "--state-dir".into(),
+        dir.join("agent-state").into(),
+        "--once".into(),
+    ];
+    let run = crate::harness::Running::spawn(&agent, &logs, "agent").wait(COMMAND_TIMEOUT).unwrap();
+    assert!(run.status.success(), "{}", run.describe());
+    let journal = data.join("disks").join("disk0").join("journal");
+    assert!(cache_bytes(&journal) >= 8 << 20, "the writes are not in the journal");
+    assert!(!any_file_contains(&journal, &PATTERN[..24]), "plaintext of the source in the journal");
+
+    // The newest point reads back through the sealed records.
+    let out = dir.join("point.raw");
+    ok(materialize(target.addr(), "disk0", &out, &logs), "materialize");
+    assert!(same_bytes(&source, &out), "the materialized point differs from the source");
+
+    // A wrong key: the disk is refused by name, nothing is touched.
+    std::fs::write(&key_file, format!("{}\n", "11".repeat(32))).unwrap();
+    let offset = target.log_len();
+    target.restart_after(Duration::ZERO);
+    target
+        .wait_log_since(offset, LOG_TIMEOUT, |log| {
+            log.contains("its journal holds records encrypted with key")
+                && log.contains("and this target was started with key")
+        })
+        .unwrap_or_else(|log| panic!("no refusal of the wrong key:\n{log}"));
+    std::fs::remove_file(&out).unwrap();
+    assert!(!materialize(target.addr(), "disk0", &out, &logs).status.success());
+
+    // The right key again: everything is there.
+    std::fs::write(&key_file, format!("{right_key}\n")).unwrap();
+    target.restart_after(Duration::ZERO);
+    let _ = std::fs::remove_file(&out);
+    ok(materialize(target.addr(), "disk0", &out, &logs), "materialize after the restart");
+    assert!(same_bytes(&source, &out), "the point differs after the restart");
+}

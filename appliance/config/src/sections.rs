@@ -128,7 +128,7 @@ pub struct SecurityConfig {
     pub plaintext: bool,
     /// This node's CA, certificates and registry (see docs/SECURITY.md).
     pub pki_dir: PathBuf,
-    /// Encrypt the relay's cache journal records with AES-256-GCM.
+    /// Encrypt the records of the relay's cache and of the target's journals (AES-256-GCM).
     pub encrypt_at_rest: bool,
     /// The 256-bit key (64 hex digits); empty = `pki_dir/at-rest.key`, created at first start.
     pub at_rest_key_file: PathBuf,

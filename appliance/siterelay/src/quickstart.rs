@@ -70,6 +70,7 @@ pub(crate) fn run(rest: &[String]) -> Result<(), String> {
     let target_ca = pki::Authority::open(&target_pki, pki::CaKind::Target, "quickstart")
         .map_err(|error| error.to_string())?;
     let target_options = target::TargetOptions {
+        at_rest: None,
         tls: Some(Arc::new(target_ca)),
         listen: "127.0.0.1:0".parse().expect("literal"),
         data_dir: dir.join("target"),

@@ -83,6 +83,7 @@ pub(crate) fn run_target(config: Config) -> Result<(), String> {
         group_commit_bytes_max: config.target.group_commit_bytes_max as usize,
         retention: retention_options(&config.target),
         tls: crate::security::authority(&config, pki::CaKind::Target)?,
+        at_rest: crate::security::at_rest_key(&config)?,
     };
     let target = target::Target::bind(&options).map_err(|error| error.to_string())?;
     target.serve();

@@ -70,7 +70,8 @@ pub(crate) fn upstream(config: &Config) -> Result<Option<Arc<rustls::ClientConfi
         .map_err(|error| error.to_string())
 }
 
-/// The key the relay's cache is encrypted with, or `None` when encryption at rest is off.
+/// The key the relay's cache or the target's journals are encrypted with, or `None` when
+/// encryption at rest is off.
 /// The default key file is created at first start; a configured one must exist.
 pub(crate) fn at_rest_key(config: &Config) -> Result<Option<Arc<journal::RecordKey>>, String> {
     if !config.security.encrypt_at_rest {
@@ -99,7 +100,7 @@ pub(crate) fn at_rest_key(config: &Config) -> Result<Option<Arc<journal::RecordK
         }
         write_private(&path, text.as_bytes())?;
         log::warn!(
-            "created the at-rest key {}: back it up, the cache cannot be read without it",
+            "created the at-rest key {}: back it up, the cache and journals cannot be read without it",
             path.display()
         );
     }

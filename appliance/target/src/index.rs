@@ -20,6 +20,8 @@ pub(crate) struct Location {
     pub(crate) segment: u64,
     /// File position of the extent's first data byte within the segment.
     pub(crate) pos: u64,
+    /// File position of the record that holds it (a sealed record is opened whole).
+    pub(crate) record: u64,
     /// A zero or trim extent: no data stored, reads as zeroes.
     pub(crate) zero: bool,
 }
@@ -49,15 +51,24 @@ pub(crate) struct JournalIndex {
     pub(crate) segments: BTreeMap<u64, Segment>,
     /// The newest location of every journaled byte: the disk as it is now.
     head: ExtentMap<Location>,
-}
-
-impl Default for JournalIndex {
-    fn default() -> Self {
-        JournalIndex { extents: VecDeque::new(), segments: BTreeMap::new(), head: ExtentMap::new() }
-    }
+    /// Opens sealed records for reads of the head (`[security] encrypt_at_rest`).
+    head_opener: Option<Opener>,
 }
 
 impl JournalIndex {
+    pub(crate) fn new(key: Option<Arc<journal::RecordKey>>) -> JournalIndex {
+        JournalIndex {
+            extents: VecDeque::new(),
+            segments: BTreeMap::new(),
+            head: ExtentMap::new(),
+            head_opener: key.map(Opener::new),
+        }
+    }
+
+    pub(crate) fn key(&self) -> Option<&Arc<journal::RecordKey>> {
+        self.head_opener.as_ref().map(|opener| &opener.key)
+    }
+
     pub(crate) fn push(&mut self, extent: IndexedExtent) {
         if let Some(last) = self.extents.back() {
             assert!(last.location.seq <= extent.location.seq, "journal order is sequence order");
@@ -87,12 +98,24 @@ impl JournalIndex {
         }
         let segments =
             self.segments.iter().map(|(&id, segment)| (id, segment.file.clone())).collect();
-        PointView { size_bytes, base, segments, map }
+        let opener = self.key().cloned().map(Opener::new);
+        PointView { size_bytes, base, segments, map, opener }
     }
 
     /// Reads the disk as it is now (base plus every durable journal write).
     pub(crate) fn read_head(&self, base: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        read_through(&self.head, base, |id| self.segments.get(&id).map(|s| &*s.file), buf, offset)
+        let segment = |id| self.segments.get(&id).map(|s| &*s.file);
+        read_through(&self.head, base, segment, self.head_opener.as_ref(), buf, offset)
+    }
+
+    /// Reads stored data at `location` (plus `skip`) into `out`, opening a sealed record.
+    pub(crate) fn read_stored(
+        &self,
+        file: &File,
+        location: &Location,
+        out: &mut [u8],
+    ) -> io::Result<()> {
+        read_stored(file, location, 0, self.head_opener.as_ref(), out)
     }
 }
 
@@ -104,12 +127,14 @@ pub(crate) struct PointView {
     base: Arc<File>,
     segments: BTreeMap<u64, Arc<File>>,
     map: ExtentMap<Location>,
+    opener: Option<Opener>,
 }
 
 impl PointView {
     /// Fills `buf` with the point's bytes at `offset`; past the disk's end reads zeroes.
     pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        read_through(&self.map, &self.base, |id| self.segments.get(&id).map(|f| &**f), buf, offset)
+        let segment = |id| self.segments.get(&id).map(|f| &**f);
+        read_through(&self.map, &self.base, segment, self.opener.as_ref(), buf, offset)
     }
 
     /// Journal extents the view overlays on the base.
@@ -147,6 +172,7 @@ fn read_through<'f>(
     map: &ExtentMap<Location>,
     base: &File,
     segment: impl Fn(u64) -> Option<&'f File>,
+    opener: Option<&Opener>,
     buf: &mut [u8],
     offset: u64,
 ) -> io::Result<()> {
@@ -169,7 +195,7 @@ fn read_through<'f>(
                             location.segment
                         ))
                     })?;
-                    file.read_exact_at(out, location.pos + skip)?;
+                    read_stored(file, &location, skip, opener, out)?;
                 }
                 at += len as usize;
             }
@@ -177,4 +203,89 @@ fn read_through<'f>(
     }
     assert_eq!(at, buf.len(), "pieces cover the read exactly");
     Ok(())
+}
+
+fn read_stored(
+    file: &File,
+    location: &Location,
+    skip: u64,
+    opener: Option<&Opener>,
+    out: &mut [u8],
+) -> io::Result<()> {
+    match opener {
+        None => file.read_exact_at(out, location.pos + skip),
+        Some(opener) => opener.read(file, location, skip, out),
+    }
+}
+
+/// Reads from sealed journal records (`[security] encrypt_at_rest`). A record is read and
+/// opened whole (its tag covers all of it); the last one opened is kept, since reads come in
+/// runs through one record.
+#[derive(Debug)]
+pub(crate) struct Opener {
+    key: Arc<journal::RecordKey>,
+    last: std::sync::Mutex<Option<OpenedRecord>>,
+}
+
+/// The record last opened: its file (device, inode), position and plaintext body.
+type OpenedRecord = ((u64, u64), u64, Arc<Vec<u8>>);
+
+impl Opener {
+    fn new(key: Arc<journal::RecordKey>) -> Opener {
+        Opener { key, last: std::sync::Mutex::new(None) }
+    }
+
+    fn read(&self, file: &File, location: &Location, skip: u64, out: &mut [u8]) -> io::Result<()> {
+        let body = self.body(file, location.record)?;
+        let header = journal::limits::RECORD_HEADER_BYTES as u64;
+        let from = location.pos + skip - location.record - header;
+        let from = usize::try_from(from).map_err(io::Error::other)?;
+        let piece = body.get(from..from + out.len()).ok_or_else(|| {
+            io::Error::other(format!(
+                "journal record at {} is shorter than its index says",
+                location.record
+            ))
+        })?;
+        out.copy_from_slice(piece);
+        Ok(())
+    }
+
+    fn body(&self, file: &File, record: u64) -> io::Result<Arc<Vec<u8>>> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata()?;
+        let identity = (meta.dev(), meta.ino());
+        if let Some((cached, at, body)) = &*self.last.lock().expect("opener lock") {
+            if *cached == identity && *at == record {
+                return Ok(body.clone());
+            }
+        }
+        let header_len = journal::limits::RECORD_HEADER_BYTES;
+        let mut bytes = vec![0u8; header_len];
+        file.read_exact_at(&mut bytes, record)?;
+        let body_len = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+        if body_len > journal::limits::RECORD_BODY_BYTES_MAX {
+            return Err(io::Error::other(format!(
+                "journal record at {record}: body of {body_len} bytes"
+            )));
+        }
+        bytes.resize(header_len + body_len, 0);
+        file.read_exact_at(&mut bytes[header_len..], record + header_len as u64)?;
+        let sealed = match journal::decode_record(&bytes, record) {
+            Ok(Some((sealed, _))) => sealed,
+            Ok(None) => {
+                return Err(io::Error::other(format!("journal record at {record} is incomplete")))
+            }
+            Err(error) => return Err(io::Error::other(error.to_string())),
+        };
+        let mut plain = Vec::with_capacity(body_len);
+        let opened = self
+            .key
+            .decrypt_body(sealed.kind, sealed.body, &mut plain)
+            .map_err(|error| io::Error::other(format!("journal record at {record}: {error}")))?
+            .len();
+        plain.truncate(opened);
+        let body = Arc::new(plain);
+        *self.last.lock().expect("opener lock") = Some((identity, record, body.clone()));
+        Ok(body)
+    }
 }

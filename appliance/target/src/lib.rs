@@ -34,6 +34,8 @@ pub struct TargetOptions {
     pub retention: RetentionOptions,
     /// The site CA that authenticates peers, or `None` to run plaintext (an explicit choice).
     pub tls: Option<Arc<pki::Authority>>,
+    /// Encrypts the journals' records (AES-256-GCM); `None` stores them as they are.
+    pub at_rest: Option<Arc<journal::RecordKey>>,
 }
 
 /// Registers an existing image (the original source, for a failback) as the replica of disk
@@ -73,6 +75,8 @@ pub fn replica_path(data_dir: &Path, name: &str) -> PathBuf {
 pub(crate) struct Store {
     data_dir: PathBuf,
     retention: RetentionOptions,
+    /// Seals the journals' records at rest (`[security] encrypt_at_rest`).
+    key: Option<Arc<journal::RecordKey>>,
     disks: Mutex<HashMap<String, Arc<Mutex<Replica>>>>,
     /// Disks that could not be opened, with the reason: refused until an operator repairs
     /// them, and never recreated over (that would destroy the replica).
@@ -87,7 +91,11 @@ pub(crate) struct Store {
 
 impl Store {
     /// Opens every disk found in the data directory, replaying journals left by a crash.
-    fn open(data_dir: &Path, retention: RetentionOptions) -> Result<Store, TargetError> {
+    fn open(
+        data_dir: &Path,
+        retention: RetentionOptions,
+        key: Option<Arc<journal::RecordKey>>,
+    ) -> Result<Store, TargetError> {
         let disks_dir = data_dir.join("disks");
         std::fs::create_dir_all(&disks_dir).map_err(|source| TargetError::Io {
             action: "create directory",
@@ -108,7 +116,7 @@ impl Store {
                 source,
             })?;
             let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
-            match Replica::open_existing(data_dir, &name, retention) {
+            match Replica::open_existing(data_dir, &name, retention, key.clone()) {
                 Ok(Some(replica)) => {
                     disks.insert(name, Arc::new(Mutex::new(replica)));
                 }
@@ -127,6 +135,7 @@ impl Store {
         Ok(Store {
             data_dir: data_dir.to_path_buf(),
             retention,
+            key,
             disks: Mutex::new(disks),
             broken,
             jobs: Mutex::new(failover::Jobs::default()),
@@ -185,6 +194,7 @@ impl Store {
             info.generation,
             info.size_bytes,
             self.retention,
+            self.key.clone(),
         )?;
         let replica = Arc::new(Mutex::new(replica));
         disks.insert(info.name.to_string(), replica.clone());
@@ -282,7 +292,8 @@ pub struct Target {
 
 impl Target {
     pub fn bind(options: &TargetOptions) -> Result<Target, TargetError> {
-        let store = Arc::new(Store::open(&options.data_dir, options.retention)?);
+        let store =
+            Arc::new(Store::open(&options.data_dir, options.retention, options.at_rest.clone())?);
         recovery::resume_all(&store);
         let listener = fsio::bind_listener(options.listen)
             .map_err(|source| TargetError::Listen { addr: options.listen, source })?;

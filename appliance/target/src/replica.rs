@@ -54,6 +54,9 @@ struct Meta {
     format: u32,
     #[serde(default)]
     next_point_id: u64,
+    /// The id of the key the journal's records are sealed with; absent: not encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
 }
 
 /// A position in the disk's write stream where the source was consistent (a marker).
@@ -186,6 +189,7 @@ impl Replica {
         data_dir: &Path,
         name: &str,
         retention: RetentionOptions,
+        key: Option<Arc<journal::RecordKey>>,
     ) -> Result<Option<Replica>, TargetError> {
         let disk_dir = data_dir.join("disks").join(name);
         let meta_path = disk_dir.join("meta.json");
@@ -221,6 +225,18 @@ impl Replica {
         if meta.format < META_FORMAT {
             legacy::apply_journal(&disk_dir, name, &image, &image_path, meta.applied_seq)?;
         }
+        let wanted = key.as_ref().map(|key| key.id().to_string());
+        if meta.key_id != wanted && journal_holds_records(&disk_dir.join("journal"))? {
+            let held = meta.key_id.map_or("unencrypted records".into(), |id| {
+                format!("records encrypted with key {id}")
+            });
+            let started =
+                wanted.map_or("without encryption at rest".into(), |id| format!("with key {id}"));
+            return Err(TargetError::Metadata {
+                path: meta_path,
+                reason: format!("its journal holds {held}, and this target was started {started}; start it as the journal was written ([security] encrypt_at_rest and at_rest_key_file)"),
+            });
+        }
         let mut replica = Replica::assemble(
             name,
             generation,
@@ -230,6 +246,7 @@ impl Replica {
             disk_dir,
             retention,
             meta.next_point_id,
+            key,
         )?;
         replica.base_seq = meta.applied_seq;
         replica.durable_seq = meta.applied_seq;
@@ -247,6 +264,7 @@ impl Replica {
         generation: Generation,
         size_bytes: u64,
         retention: RetentionOptions,
+        key: Option<Arc<journal::RecordKey>>,
     ) -> Result<Replica, TargetError> {
         let disk_dir = data_dir.join("disks").join(name);
         let replicas_dir = data_dir.join("replicas");
@@ -270,7 +288,7 @@ impl Replica {
         image.sync_all().map_err(io_error("fsync", &image_path))?;
         fsio::fsync_dir(&replicas_dir).map_err(io_error("fsync", &replicas_dir))?;
         let replica = Replica::assemble(
-            name, generation, size_bytes, image_path, image, disk_dir, retention, 1,
+            name, generation, size_bytes, image_path, image, disk_dir, retention, 1, key,
         )?;
         replica.write_meta()?;
         log::info!(
@@ -307,6 +325,7 @@ impl Replica {
             consistent: None,
             format: META_FORMAT,
             next_point_id: 1,
+            key_id: None,
         };
         let path = disk_dir.join("meta.json");
         let text = serde_json::to_string_pretty(&meta).expect("meta serializes");
@@ -325,6 +344,7 @@ impl Replica {
         disk_dir: PathBuf,
         retention: RetentionOptions,
         next_point_id: u64,
+        key: Option<Arc<journal::RecordKey>>,
     ) -> Result<Replica, TargetError> {
         let journal_dir = disk_dir.join("journal");
         fs::create_dir_all(&journal_dir).map_err(io_error("create directory", &journal_dir))?;
@@ -350,7 +370,7 @@ impl Replica {
             pending: Vec::new(),
             staged_extents: Vec::new(),
             staged_markers: Vec::new(),
-            index: JournalIndex::default(),
+            index: JournalIndex::new(key),
             points,
             pins: Default::default(),
             retention,
@@ -393,6 +413,7 @@ impl Replica {
             consistent: self.consistent,
             format: META_FORMAT,
             next_point_id: self.points.next_id,
+            key_id: self.index.key().map(|key| key.id().to_string()),
         };
         let path = self.disk_dir.join("meta.json");
         let text = serde_json::to_string_pretty(&meta).expect("meta serializes");
@@ -446,15 +467,26 @@ impl Replica {
             }
             let valid = &bytes[..recovery.valid_len as usize];
             let mut last_seq = 0;
+            let mut plain = Vec::new();
             for (record_at, record) in journal::records(valid) {
                 let Ok(frame_type) = FrameType::from_u8(record.kind) else { continue };
-                let (_, seq) = wire::disk_scoped_prefix(record.body).map_err(self.wire_error())?;
+                let body =
+                    match self.index.key() {
+                        None => record.body,
+                        Some(key) => key
+                            .decrypt_body(record.kind, record.body, &mut plain)
+                            .map_err(|error| TargetError::Metadata {
+                                path: path.clone(),
+                                reason: format!("record at byte {record_at}: {error}"),
+                            })?,
+                    };
+                let (_, seq) = wire::disk_scoped_prefix(body).map_err(self.wire_error())?;
                 last_seq = last_seq.max(seq);
                 if seq <= self.base_seq {
                     continue;
                 }
                 let body_at = record_at + journal::limits::RECORD_HEADER_BYTES as u64;
-                self.index_record(frame_type, record.body, seq, segment_id, body_at, &mut markers)?;
+                self.index_record(frame_type, body, seq, segment_id, body_at, &mut markers)?;
                 self.durable_seq = self.durable_seq.max(seq);
             }
             let file = File::open(&path).map_err(io_error("open", &path))?;
@@ -506,6 +538,7 @@ impl Replica {
         body_at: u64,
         markers: &mut Vec<MarkerEntry>,
     ) -> Result<(), TargetError> {
+        let record_at = body_at - journal::limits::RECORD_HEADER_BYTES as u64;
         let frame = wire::RawFrame { frame_type, body }.decode().map_err(self.wire_error())?;
         match frame {
             wire::Frame::Marker(marker) => markers.push(MarkerEntry::from_wire(seq, &marker)),
@@ -519,21 +552,42 @@ impl Replica {
                 // The payload is a sub-slice of the body: its distance is its file position.
                 let payload_at =
                     body_at + (writes.payload.as_ptr() as usize - body.as_ptr() as usize) as u64;
-                self.index_extents(&writes.extents, seq, segment, payload_at);
+                self.index_extents(&writes.extents, seq, segment, payload_at, record_at);
             }
             _ => {}
         }
         Ok(())
     }
 
-    fn index_extents(&mut self, extents: &[wire::Extent], seq: u64, segment: u64, data_at: u64) {
+    /// Stages a record whose body is `body` as it is (sealed when the journal is encrypted).
+    fn append_record(
+        &mut self,
+        frame_type: FrameType,
+        body: &[u8],
+    ) -> Result<(), journal::JournalError> {
+        let start = journal::begin_record(frame_type as u8, &mut self.pending);
+        self.pending.extend_from_slice(body);
+        if let Some(key) = self.index.key() {
+            key.encrypt_body(&mut self.pending, start);
+        }
+        journal::seal_record(&mut self.pending, start)
+    }
+
+    fn index_extents(
+        &mut self,
+        extents: &[wire::Extent],
+        seq: u64,
+        segment: u64,
+        data_at: u64,
+        record: u64,
+    ) {
         let mut pos = data_at;
         for extent in extents {
             let zero = !extent.has_payload();
             self.staged_extents.push(IndexedExtent {
                 offset: extent.offset,
                 len: extent.len,
-                location: Location { seq, segment, pos, zero },
+                location: Location { seq, segment, pos, record, zero },
             });
             if !zero {
                 pos += u64::from(extent.len);
@@ -638,23 +692,25 @@ impl Replica {
                     &self.scratch
                 };
                 let start = journal::begin_record(frame_type as u8, &mut self.pending);
+                let record_at = self.journal_len + start as u64;
                 wire::encode_writes_head(&writes, wire::Compression::None, &mut self.pending);
                 let data_at = self.journal_len + self.pending.len() as u64;
                 self.pending.extend_from_slice(data);
+                if let Some(key) = self.index.key() {
+                    key.encrypt_body(&mut self.pending, start);
+                }
                 if let Err(source) = journal::seal_record(&mut self.pending, start) {
                     return Err(journal_error(source));
                 }
                 let segment = self.journal_index;
-                self.index_extents(&writes.extents, seq, segment, data_at);
+                self.index_extents(&writes.extents, seq, segment, data_at, record_at);
             }
             wire::Frame::Marker(marker) => {
                 self.staged_markers.push(MarkerEntry::from_wire(seq, &marker));
-                journal::encode_record(frame_type as u8, body, &mut self.pending)
-                    .map_err(journal_error)?;
+                self.append_record(frame_type, body).map_err(journal_error)?;
             }
             _ => {
-                journal::encode_record(frame_type as u8, body, &mut self.pending)
-                    .map_err(journal_error)?;
+                self.append_record(frame_type, body).map_err(journal_error)?;
             }
         }
         self.staged_seq = seq;
@@ -808,9 +864,8 @@ impl Replica {
         } else {
             let segment = &self.index.segments[&extent.location.segment];
             self.scratch.resize(extent.len as usize, 0);
-            segment
-                .file
-                .read_exact_at(&mut self.scratch, extent.location.pos)
+            self.index
+                .read_stored(&segment.file, &extent.location, &mut self.scratch)
                 .map_err(io_error("read", &segment.path))?;
             self.base
                 .write_all_at(&self.scratch, extent.offset)
@@ -947,7 +1002,7 @@ impl Replica {
             let path = journal_dir.join(journal::segment_file_name(id));
             fs::remove_file(&path).map_err(io_error("remove", &path))?;
         }
-        self.index = JournalIndex::default();
+        self.index = JournalIndex::new(self.index.key().cloned());
         self.base_seq = record.point_seq;
         self.durable_seq = record.point_seq;
         self.staged_seq = record.point_seq;
@@ -964,6 +1019,17 @@ impl Replica {
         }
         Ok(())
     }
+}
+
+/// Whether any journal segment in `dir` has bytes.
+fn journal_holds_records(dir: &Path) -> Result<bool, TargetError> {
+    for index in list_segments(dir)? {
+        let path = dir.join(journal::segment_file_name(index));
+        if fs::metadata(&path).map_err(io_error("stat", &path))?.len() > 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>, TargetError> {
