@@ -514,7 +514,10 @@ impl Relay {
         };
         let what =
             if matches!(conn.role, ConnRole::Target { .. }) { "target link" } else { "connection" };
-        log::error!("{what} {id} from {}: {error}", conn.peer);
+        // A refusal was logged with the peer's identity where it was decided.
+        if code != error_code::REFUSED {
+            log::error!("{what} {id} from {}: {error}", conn.peer);
+        }
         let mut message = error.to_string();
         message.truncate(wire::limits::TEXT_BYTES_MAX);
         conn.reader = FrameReader::new();

@@ -343,7 +343,7 @@ impl Target {
             let open = Arc::clone(&connections);
             if open.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {
                 open.fetch_sub(1, Ordering::SeqCst);
-                refuse_connection(connection_id, stream);
+                refuse_connection(connection_id, stream, self.tls.is_some());
                 continue;
             }
             let store = self.store.clone();
@@ -366,11 +366,16 @@ impl Target {
 /// Connections a target serves at once (relays, operator tools): each has a thread.
 pub const CONNECTIONS_MAX: usize = 256;
 
-/// Tells a connection over the cap why it is closed, without waiting on it.
-fn refuse_connection(id: u64, stream: TcpStream) {
+/// Tells a connection over the cap why it is closed, without waiting on it. A TLS peer is
+/// only closed: answering it would need a handshake, a thread's worth of work the cap is there
+/// to refuse.
+fn refuse_connection(id: u64, stream: TcpStream, tls: bool) {
     let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |addr| addr.to_string());
     let message = format!("target serves at most {CONNECTIONS_MAX} connections");
     log::warn!("connection {id} from {peer}: refused: {message}");
+    if tls {
+        return;
+    }
     let mut out = Vec::new();
     let frame = wire::Frame::Error { code: wire::error_code::LIMIT, message: &message };
     if frame.encode(&mut out).is_ok() {

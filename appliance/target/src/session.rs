@@ -64,6 +64,8 @@ pub(crate) fn serve(
     match result {
         Ok(()) => log::debug!("connection {id} from {peer} closed"),
         Err(SessionError::Io(error)) => log::warn!("connection {id} from {peer}: {error}"),
+        // Logged with the peer's identity where it was decided (`Session::refuse`).
+        Err(SessionError::Protocol { code: error_code::REFUSED, .. }) => {}
         Err(error) => log::error!("connection {id} from {peer}: {error}"),
     }
 }
