@@ -244,8 +244,9 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
 
-/// An agent's one-shot sync of `disk` through the relay in the VM.
-fn replicate(relay: std::net::SocketAddr, disk: &Path, dir: &TestDir, run: &str) {
+/// An agent's one-shot sync of `disk` through the relay in the VM, with the credential in
+/// `pki`.
+fn replicate(relay: std::net::SocketAddr, disk: &Path, dir: &TestDir, pki: &Path, run: &str) {
     let agent = Agent {
         relay,
         disks: vec![("vmdisk".into(), disk.to_path_buf())],
@@ -253,9 +254,48 @@ fn replicate(relay: std::net::SocketAddr, disk: &Path, dir: &TestDir, run: &str)
         out_dir: dir.subdir("logs"),
         reconnect_timeout_secs: AGENT_RECONNECT_TIMEOUT_SECS,
     };
-    let finished =
-        agent.spawn_once(run).wait(AGENT_TIMEOUT).unwrap_or_else(|error| panic!("{run}: {error}"));
+    let mut args = agent.args();
+    args.extend(["--pki-dir".into(), pki.as_os_str().to_owned()]);
+    let finished = Running::spawn(&args, &agent.out_dir, run)
+        .wait(AGENT_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{run}: {error}"));
     assert!(finished.status.success(), "{run}: {}", finished.describe());
+}
+
+/// Makes an agent passphrase at the appliance's console, as an operator would, and registers
+/// the host's agent with it (credential in `pki`).
+fn register_agent(vm: &mut Vm, relay: std::net::SocketAddr, pki: &Path, logs: &Path) {
+    vm.type_line("");
+    std::thread::sleep(Duration::from_millis(500));
+    vm.type_line("siterelay register --new-passphrase --pki-dir /data/pki --ttl 600");
+    vm.expect("registers one agent within 600 s", BOOT_TIMEOUT);
+    let console = vm.text();
+    let passphrase = console
+        .lines()
+        .map(|line| line.trim_end_matches('\r').trim())
+        .rfind(|line| {
+            line.len() == 39
+                && line.split('-').count() == 8
+                && line.bytes().all(|b| b == b'-' || b.is_ascii_uppercase() || b.is_ascii_digit())
+        })
+        .unwrap_or_else(|| panic!("no passphrase on the console:\n{}", tail(&console, 20)))
+        .to_string();
+    let registered = run_siterelay(
+        &[
+            "register",
+            "--connect",
+            &relay.to_string(),
+            "--passphrase",
+            &passphrase,
+            "--name",
+            "host-agent",
+            "--pki-dir",
+            pki.to_str().unwrap(),
+        ],
+        logs,
+        COMMAND_TIMEOUT,
+    );
+    assert!(registered.status.success(), "register the agent: {}", registered.describe());
 }
 
 #[test]
@@ -270,9 +310,24 @@ fn appliance_boots_replicates_updates_in_place_and_rolls_back_a_bad_update() {
     let dir = TestDir::new("boot");
     let logs = dir.subdir("logs");
 
-    // The recovery site: a target on the host, reached from the VM's user network at 10.0.2.2.
-    let mut target = Server::target(&dir.join("target-data"), &logs);
+    // The recovery site: a target on the host, reached from the VM's user network at 10.0.2.2,
+    // with mutual TLS; the relay in the VM registers with a passphrase made here.
+    let target_pki = dir.join("target-pki");
+    let target_config = logs.join("target.toml");
+    fs::write(&target_config, crate::harness::TARGET_NEWEST_POINT_ONLY).unwrap();
+    let mut target = Server::target_with(
+        &dir.join("target-data"),
+        &logs,
+        &["--config", target_config.to_str().unwrap(), "--pki-dir", target_pki.to_str().unwrap()],
+    );
     target.start();
+    let made = run_siterelay(
+        &["register", "--new-passphrase", "--pki-dir", target_pki.to_str().unwrap()],
+        &logs,
+        COMMAND_TIMEOUT,
+    );
+    assert!(made.status.success(), "{}", made.describe());
+    let relay_passphrase = made.stdout.trim().to_string();
     // Its address comes from the OVF environment on the CD at first boot, as a hypervisor
     // deploying the OVA with the property siterelay.target set would hand it over.
     let env_dir = dir.subdir("ovfenv");
@@ -283,7 +338,8 @@ fn appliance_boots_replicates_updates_in_place_and_rolls_back_a_bad_update() {
              xmlns=\"http://schemas.dmtf.org/ovf/environment/1\" \
              xmlns:oe=\"http://schemas.dmtf.org/ovf/environment/1\" oe:id=\"\">\n  \
              <PropertySection>\n    <Property oe:key=\"siterelay.role\" oe:value=\"relay\"/>\n    \
-             <Property oe:key=\"siterelay.target\" oe:value=\"10.0.2.2:{}\"/>\n  \
+             <Property oe:key=\"siterelay.target\" oe:value=\"10.0.2.2:{}\"/>\n    \
+             <Property oe:key=\"siterelay.registration\" oe:value=\"{relay_passphrase}\"/>\n  \
              </PropertySection>\n</Environment>\n",
             target.addr().port()
         ),
@@ -326,6 +382,8 @@ fn appliance_boots_replicates_updates_in_place_and_rolls_back_a_bad_update() {
         Vm::boot(&disk, &vars, None, Some(&env_iso), relay_port, logs.join("console-1.log"));
     vm.expect("written from /run/ovfenv/ovf-env.xml (role relay)", BOOT_TIMEOUT);
     let first_data = vm.expect("siterelay-appliance: data:", BOOT_TIMEOUT);
+    // First start of the relay: it registers with the target (mutual TLS from then on).
+    vm.expect("siterelay-appliance: registered as relay", BOOT_TIMEOUT);
     let ready = vm.expect("SITERELAY-READY", BOOT_TIMEOUT);
     let boot_secs = started.elapsed().as_secs_f64();
     assert_eq!((field(&ready, "slot"), field(&ready, "version")), ("a", "0.1.0"), "{ready}");
@@ -334,9 +392,12 @@ fn appliance_boots_replicates_updates_in_place_and_rolls_back_a_bad_update() {
         "boot to ready: {boot_secs:.1} s (guest uptime {} s); {ready}",
         field(&ready, "uptime")
     );
+    // The host's agent registers with the relay in the VM: a passphrase made at its console.
+    let agent_pki = dir.join("agent-pki");
+    register_agent(&mut vm, relay, &agent_pki, &logs);
     let source = dir.join("source.img");
     write_mixed_image(&source, 32 << 20, 0xb007_0001);
-    replicate(relay, &source, &dir, "agent-slot-a");
+    replicate(relay, &source, &dir, &agent_pki, "agent-slot-a");
     let replica = dir.join("target-data/replicas/vmdisk.img");
     replica_converges(&source, &replica, REPLICA_PRUNE_TIMEOUT)
         .unwrap_or_else(|error| panic!("replica through the VM's relay (slot a): {error}"));
@@ -371,7 +432,7 @@ fn appliance_boots_replicates_updates_in_place_and_rolls_back_a_bad_update() {
         .unwrap_or_else(|| panic!("no cache file count in {data_b:?}"));
     assert!(cache_files >= 1, "the relay's cache did not survive the update: {data_b}");
     modify_regions(&source, 0xb007_0002, 16, 256 << 10);
-    replicate(relay, &source, &dir, "agent-slot-b");
+    replicate(relay, &source, &dir, &agent_pki, "agent-slot-b");
     replica_converges(&source, &replica, REPLICA_PRUNE_TIMEOUT)
         .unwrap_or_else(|error| panic!("replica through the VM's relay (slot b): {error}"));
     vm.power_off();

@@ -93,7 +93,9 @@ fn run_role(rest: &[String]) -> Result<(), String> {
     eprintln!("siterelay-appliance: starting the {role} role from {}", path.display());
     let listen = role_listen(&config);
     let outcome = match config.appliance.role {
-        config::ApplianceRole::Relay => crate::roles::run_relay(config),
+        config::ApplianceRole::Relay => {
+            enroll_relay(&config).and_then(|()| crate::roles::run_relay(config))
+        }
         config::ApplianceRole::Target => crate::roles::run_target(config),
     };
     let Err(error) = outcome else { return Ok(()) };
@@ -103,6 +105,48 @@ fn run_role(rest: &[String]) -> Result<(), String> {
     eprintln!("siterelay-appliance: {text}");
     let problem = Problem { key: "role_error", text };
     maintenance(listen, &path, &problem, Some(ROLE_RETRY))
+}
+
+/// Where first boot keeps the OVF registration passphrase until the relay has used it.
+fn passphrase_file(config: &config::Config) -> PathBuf {
+    config.security.pki_dir.join("registration.passphrase")
+}
+
+/// A relay that runs TLS needs a certificate from its target: at its first start it
+/// registers with the passphrase first boot kept from the OVF environment, then forgets it.
+fn enroll_relay(config: &config::Config) -> Result<(), String> {
+    let pki = pki::PkiDir::new(&config.security.pki_dir);
+    if crate::security::plaintext(config) || pki.is_registered() {
+        return Ok(());
+    }
+    let file = passphrase_file(config);
+    let target = config.relay.target;
+    let Ok(passphrase) = std::fs::read_to_string(&file) else {
+        return Err(format!(
+            "not registered with the target {target}: deploy with the OVF property \
+             siterelay.registration (a passphrase from `siterelay register --new-passphrase` \
+             on the target), or run `siterelay register --connect {target} --passphrase P \
+             --role relay --pki-dir {}` at the console",
+            pki.dir().display()
+        ));
+    };
+    let name = if config.appliance.node.is_empty() {
+        agent::hostname()
+    } else {
+        config.appliance.node.clone()
+    };
+    pki::register::register_with(
+        target,
+        &name,
+        wire::Role::Relay,
+        passphrase.trim(),
+        &pki,
+        Duration::from_secs(15),
+    )
+    .map_err(|error| format!("registration with the target {target}: {error}"))?;
+    std::fs::remove_file(&file).map_err(|error| format!("{}: {error}", file.display()))?;
+    eprintln!("siterelay-appliance: registered as relay {name:?} with the target {target}");
+    Ok(())
 }
 
 /// Why the appliance is in maintenance, as its status document names it.
@@ -271,6 +315,16 @@ fn ovf_config(rest: &[String]) -> Result<(), String> {
     fsio::write_atomic(Path::new(out), text.as_bytes())
         .map_err(|error| format!("{out}: {error}"))?;
     println!("{out}: written from {env} (role {})", config.appliance.role.as_str());
+    // The passphrase stays out of the configuration: kept apart (0600) until the relay's
+    // first start uses it.
+    let passphrase = properties.get("siterelay.registration").map(|p| p.trim()).unwrap_or("");
+    if !passphrase.is_empty() && config.appliance.role == config::ApplianceRole::Relay {
+        let file = passphrase_file(&config);
+        std::fs::create_dir_all(&config.security.pki_dir)
+            .map_err(|error| format!("{}: {error}", config.security.pki_dir.display()))?;
+        write_secret(&file, passphrase)?;
+        println!("{}: registration passphrase kept for the relay's first start", file.display());
+    }
     Ok(())
 }
 
@@ -293,4 +347,19 @@ fn merge_toml(base: &str, overlay: &str) -> Result<String, String> {
     Ok(format!(
         "# Written at first boot from the OVF environment over the image's defaults.\n{body}"
     ))
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|error| format!("{}: {error}", path.display()))
 }

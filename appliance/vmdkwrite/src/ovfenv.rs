@@ -158,8 +158,8 @@ pub fn properties(xml: &str) -> Result<BTreeMap<String, String>, OvfEnvError> {
 /// - `siterelay.target`: IP:port, as `[relay] target`; required for a relay, ignored for a
 ///   target (the deployment form shows it to both);
 /// - `siterelay.registration`: not written. The configuration file has no key for the
-///   passphrase, and a secret does not belong in a file that support bundles copy; the
-///   first-boot code takes it from `properties` itself.
+///   passphrase, and a secret does not belong in a file that support bundles copy;
+///   `siterelay appliance ovf-config` keeps it apart for the relay's first start.
 ///
 /// An empty value counts as not set (deployment tools send the empty default of a field
 /// left blank), so the configuration's own default applies. Keys outside `siterelay.` are
