@@ -129,25 +129,8 @@ impl Site {
         pki: &Path,
         state: &str,
     ) -> Finished {
-        let mut spec = OsString::from(format!("{disk}="));
-        spec.push(source);
-        let args: Vec<OsString> = vec![
-            "agent".into(),
-            "--relay".into(),
-            relay.to_string().into(),
-            "--disk".into(),
-            spec,
-            "--state-dir".into(),
-            self.dir.join(state).into(),
-            "--once".into(),
-            "--reconnect-timeout".into(),
-            "5".into(),
-            "--pki-dir".into(),
-            pki.into(),
-        ];
-        crate::harness::Running::spawn(&args, &self.logs, "agent")
-            .wait(COMMAND_TIMEOUT)
-            .unwrap_or_else(|error| panic!("agent {error}"))
+        let extra = ["--reconnect-timeout", "5", "--pki-dir", path_str(pki)];
+        agent_once(relay, disk, source, &self.dir.join(state), &self.logs, &extra)
     }
 
     fn replica(&self, disk: &str) -> PathBuf {
@@ -160,6 +143,43 @@ impl Site {
             .wait_log_since(offset, LOG_TIMEOUT, |text| text.contains(needle))
             .unwrap_or_else(|text| panic!("relay log lacks {needle:?}:\n{text}"))
     }
+}
+
+/// A disk image of `len` bytes repeating `pattern`.
+fn write_pattern(path: &Path, pattern: &[u8], len: usize) {
+    let mut bytes = Vec::with_capacity(len);
+    while bytes.len() < len {
+        bytes.extend_from_slice(pattern);
+    }
+    bytes.truncate(len);
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// One `agent --once` of `disk` from `source` through `relay`, `extra` flags appended.
+fn agent_once(
+    relay: SocketAddr,
+    disk: &str,
+    source: &Path,
+    state: &Path,
+    logs: &Path,
+    extra: &[&str],
+) -> Finished {
+    let mut spec = OsString::from(format!("{disk}="));
+    spec.push(source);
+    let mut args: Vec<OsString> = vec![
+        "agent".into(),
+        "--relay".into(),
+        relay.to_string().into(),
+        "--disk".into(),
+        spec,
+        "--state-dir".into(),
+        state.into(),
+        "--once".into(),
+    ];
+    args.extend(extra.iter().map(OsString::from));
+    crate::harness::Running::spawn(&args, logs, "agent")
+        .wait(COMMAND_TIMEOUT)
+        .unwrap_or_else(|error| panic!("agent {error}"))
 }
 
 /// The command failed and said `needle`.
@@ -421,27 +441,10 @@ fn an_encrypted_cache_holds_no_plaintext_and_opens_only_with_its_key() {
     // A source full of a known text; compression is off, so only encryption can hide it.
     const PATTERN: &[u8] = b"SITERELAY-AT-REST-PATTERN-0123456789\n";
     let source = dir.join("disk.img");
-    let mut bytes = Vec::with_capacity(8 << 20);
-    while bytes.len() < 8 << 20 {
-        bytes.extend_from_slice(PATTERN);
-    }
-    bytes.truncate(8 << 20);
-    std::fs::write(&source, &bytes).unwrap();
-    let mut spec = OsString::from("disk0=");
-    spec.push(&source);
-    let agent: Vec<OsString> = vec![
-        "agent".into(),
-        "--relay".into(),
-        relay.addr().to_string().into(),
-        "--disk".into(),
-        spec,
-        "--state-dir".into(),
-        dir.join("agent-state").into(),
-        "--once".into(),
-        "--reconnect-timeout".into(),
-        "3".into(),
-    ];
-    let run = crate::harness::Running::spawn(&agent, &logs, "agent").wait(COMMAND_TIMEOUT).unwrap();
+    write_pattern(&source, PATTERN, 8 << 20);
+    let state = dir.join("agent-state");
+    let extra = ["--reconnect-timeout", "3"];
+    let run = agent_once(relay.addr(), "disk0", &source, &state, &logs, &extra);
     assert!(
         !run.status.success(),
         "the target is down, the sync cannot finish:\n{}",
@@ -563,25 +566,8 @@ fn an_encrypted_target_journal_holds_no_plaintext_and_its_points_still_read() {
 
     const PATTERN: &[u8] = b"TARGET-JOURNAL-AT-REST-PATTERN-0123\n";
     let source = dir.join("disk.img");
-    let mut bytes = Vec::with_capacity(8 << 20);
-    while bytes.len() < 8 << 20 {
-        bytes.extend_from_slice(PATTERN);
-    }
-    bytes.truncate(8 << 20);
-    std::fs::write(&source, &bytes).unwrap();
-    let mut spec = OsString::from("disk0=");
-    spec.push(&source);
-    let agent: Vec<OsString> = vec![
-        "agent".into(),
-        "--relay".into(),
-        relay.addr().to_string().into(),
-        "--disk".into(),
-        spec,
-        "--state-dir".into(),
-        dir.join("agent-state").into(),
-        "--once".into(),
-    ];
-    let run = crate::harness::Running::spawn(&agent, &logs, "agent").wait(COMMAND_TIMEOUT).unwrap();
+    write_pattern(&source, PATTERN, 8 << 20);
+    let run = agent_once(relay.addr(), "disk0", &source, &dir.join("agent-state"), &logs, &[]);
     assert!(run.status.success(), "{}", run.describe());
     let journal = data.join("disks").join("disk0").join("journal");
     assert!(cache_bytes(&journal) >= 8 << 20, "the writes are not in the journal");

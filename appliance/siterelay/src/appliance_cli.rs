@@ -322,7 +322,7 @@ fn ovf_config(rest: &[String]) -> Result<(), String> {
         let file = passphrase_file(&config);
         std::fs::create_dir_all(&config.security.pki_dir)
             .map_err(|error| format!("{}: {error}", config.security.pki_dir.display()))?;
-        write_secret(&file, passphrase)?;
+        crate::security::write_secret(&file, passphrase.as_bytes(), true)?;
         println!("{}: registration passphrase kept for the relay's first start", file.display());
     }
     Ok(())
@@ -347,19 +347,4 @@ fn merge_toml(base: &str, overlay: &str) -> Result<String, String> {
     Ok(format!(
         "# Written at first boot from the OVF environment over the image's defaults.\n{body}"
     ))
-}
-
-fn write_secret(path: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|error| format!("{}: {error}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|error| format!("{}: {error}", path.display()))
 }

@@ -98,7 +98,8 @@ pub(crate) fn at_rest_key(config: &Config) -> Result<Option<Arc<journal::RecordK
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        write_private(&path, text.as_bytes())?;
+        // Never over an existing key: the data it encrypted would be lost.
+        write_secret(&path, text.as_bytes(), false)?;
         log::warn!(
             "created the at-rest key {}: back it up, the cache and journals cannot be read without it",
             path.display()
@@ -116,15 +117,18 @@ pub(crate) fn at_rest_key(config: &Config) -> Result<Option<Arc<journal::RecordK
     Ok(Some(Arc::new(journal::RecordKey::new(&key))))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+/// Writes a file only its owner can read (mode 0600), synced; `replace` allows an existing one.
+pub(crate) fn write_secret(path: &Path, bytes: &[u8], replace: bool) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if replace {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| format!("{}: {e}", path.display()))
