@@ -60,7 +60,7 @@ pub use record::{
 };
 pub use recovery::{recover, Recovery, Tail};
 pub use scan::{records, Records};
-pub use sealed::{RecordKey, SealError, SEAL_OVERHEAD_BYTES};
+pub use sealed::{check_key, KeyMismatch, RecordKey, SealError, SEAL_OVERHEAD_BYTES};
 pub use segment::{parse_segment_file_name, segment_file_name};
 
 /// Size limits of the record format.

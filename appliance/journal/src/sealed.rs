@@ -38,6 +38,29 @@ pub enum SealError {
     WrongKey { key_id: String },
 }
 
+/// Records kept under the key id `recorded` (`None`: in the clear) cannot be read with `key`:
+/// what they hold and how this start is keyed, for the caller's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyMismatch {
+    /// "records encrypted with key …" or "unencrypted records".
+    pub held: String,
+    /// "with key …" or "without encryption at rest".
+    pub started: String,
+}
+
+/// `Ok` when records kept under `recorded` are read with `key`, else what differs.
+pub fn check_key(recorded: Option<&str>, key: Option<&RecordKey>) -> Result<(), KeyMismatch> {
+    if recorded == key.map(RecordKey::id) {
+        return Ok(());
+    }
+    Err(KeyMismatch {
+        held: recorded
+            .map_or("unencrypted records".into(), |id| format!("records encrypted with key {id}")),
+        started: key
+            .map_or("without encryption at rest".into(), |key| format!("with key {}", key.id())),
+    })
+}
+
 impl RecordKey {
     pub fn new(bytes: &[u8; 32]) -> RecordKey {
         let digest = ring::digest::digest(&ring::digest::SHA256, bytes);

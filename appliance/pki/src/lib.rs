@@ -321,6 +321,31 @@ impl PkiDir {
     }
 }
 
+/// The 256-bit key in `path` (64 hex digits, the at-rest key). With `create`, a missing file
+/// is made (0600) with a new random key; an existing key is never replaced, since what it
+/// encrypted would be lost. Returns the key and whether it was created.
+pub fn key_file(path: &Path, create: bool) -> Result<([u8; 32], bool), PkiError> {
+    let created = create && !path.exists();
+    if created {
+        let mut key = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+            .map_err(|_| PkiError::Generate("the system's random source failed".into()))?;
+        if let Some(dir) = path.parent() {
+            files::create_dir(dir)?;
+        }
+        files::write_private(path, format!("{}\n", tls::hex(&key)).as_bytes())?;
+    }
+    let text = files::read_text(path)?;
+    let key = register::key_from_hex(text.trim())
+        .ok_or_else(|| PkiError::bad(path, "not a 256-bit key (64 hex digits)"))?;
+    Ok((key, created))
+}
+
+/// Writes a secret (mode 0600) atomically: a passphrase kept for later, a key.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
+    files::write_private(path, bytes)
+}
+
 fn client_config_from(
     ca: &Path,
     cert: &Path,
@@ -464,22 +489,24 @@ impl Authority {
             return Ok(Peer::Anonymous);
         };
         let print = fingerprint(leaf);
-        let registry = self.current_registry().map_err(|error| error.to_string())?;
-        let Some(cert) = registry.certs.iter().find(|c| c.fingerprint == print) else {
-            return Err(format!(
-                "certificate {} is signed by this site's CA but not in its registry",
-                &print[..16]
-            ));
-        };
-        if let Some(when) = cert.revoked_unix {
-            return Err(format!(
-                "the certificate of {} {:?} (serial {}) was revoked at {when} (Unix time)",
-                cert.role.name(),
-                cert.name,
-                cert.serial
-            ));
-        }
-        Ok(Peer::Node { name: cert.name.clone(), role: cert.role, serial: cert.serial })
+        self.with_registry(|registry| {
+            let Some(cert) = registry.certs.iter().find(|c| c.fingerprint == print) else {
+                return Err(format!(
+                    "certificate {} is signed by this site's CA but not in its registry",
+                    &print[..16]
+                ));
+            };
+            if let Some(when) = cert.revoked_unix {
+                return Err(format!(
+                    "the certificate of {} {:?} (serial {}) was revoked at {when} (Unix time)",
+                    cert.role.name(),
+                    cert.name,
+                    cert.serial
+                ));
+            }
+            Ok(Peer::Node { name: cert.name.clone(), role: cert.role, serial: cert.serial })
+        })
+        .map_err(|error| error.to_string())?
     }
 
     /// Binds `disk` to the agent `agent` the first time an agent names it; afterwards only
@@ -499,10 +526,15 @@ impl Authority {
         match map.get(disk) {
             Some(owner) if owner == agent => return Ok(()),
             Some(owner) => {
-                let registry = self.current_registry().map_err(|error| error.to_string())?;
-                let owner_valid = registry.certs.iter().any(|c| {
-                    &c.name == owner && c.role == CertRole::Agent && c.revoked_unix.is_none()
-                });
+                let owner_valid = self
+                    .with_registry(|registry| {
+                        registry.certs.iter().any(|c| {
+                            &c.name == owner
+                                && c.role == CertRole::Agent
+                                && c.revoked_unix.is_none()
+                        })
+                    })
+                    .map_err(|error| error.to_string())?;
                 if owner_valid {
                     return Err(format!(
                         "disk {disk:?} belongs to agent {owner:?}; an agent may only write its \
@@ -521,7 +553,8 @@ impl Authority {
             .map_err(|error| error.to_string())
     }
 
-    fn current_registry(&self) -> Result<Registry, PkiError> {
+    /// Runs `look` on the registry as it is on disk now (re-read only when the file changed).
+    fn with_registry<T>(&self, look: impl FnOnce(&Registry) -> T) -> Result<T, PkiError> {
         let path = self.pki.path("registry.json");
         let modified = std::fs::metadata(&path)
             .and_then(|m| m.modified())
@@ -530,7 +563,7 @@ impl Authority {
         if cached.0 != Some(modified) {
             *cached = (Some(modified), self.pki.registry()?);
         }
-        Ok(cached.1.clone())
+        Ok(look(&cached.1))
     }
 
     /// Answers a registration: checks the passphrase proof and the key's proof of

@@ -92,12 +92,7 @@ impl Transport {
     /// What has already arrived, without waiting: `WouldBlock` when nothing has.
     pub fn read_queued(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Transport::Plain(tcp) => {
-                tcp.set_nonblocking(true)?;
-                let result = tcp.read(buf);
-                tcp.set_nonblocking(false)?;
-                result
-            }
+            Transport::Plain(tcp) => fsio::recv_queued(tcp, buf),
             Transport::Tls(stream) => stream.read(buf, true),
         }
     }
@@ -110,6 +105,15 @@ impl Transport {
                 stream.flush_tls()
             }
         }
+    }
+}
+
+/// Reads only what has already arrived (one `recv` with `MSG_DONTWAIT`).
+struct Queued<'a>(&'a TcpStream);
+
+impl Read for Queued<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        fsio::recv_queued(self.0, buf)
     }
 }
 
@@ -157,10 +161,7 @@ impl TlsStream {
                 Err(error) => return Err(error),
             }
             let received = if queued_only {
-                self.tcp.set_nonblocking(true)?;
-                let result = self.conn.read_tls(&mut self.tcp);
-                self.tcp.set_nonblocking(false)?;
-                result?
+                self.conn.read_tls(&mut Queued(&self.tcp))?
             } else {
                 self.conn.read_tls(&mut self.tcp)?
             };

@@ -92,13 +92,8 @@ impl Cache {
             std::fs::metadata(dir.join(journal::segment_file_name(index)))
                 .is_ok_and(|meta| meta.len() > 0)
         });
-        let wanted = key.as_ref().map(|key| key.id().to_string());
-        if holds_records && key_id != wanted {
-            let held = key_id.map_or("unencrypted records".into(), |id| {
-                format!("records encrypted with key {id}")
-            });
-            let started =
-                wanted.map_or("without encryption at rest".into(), |id| format!("with key {id}"));
+        let checked = journal::check_key(key_id.as_deref(), key.as_deref());
+        if let (true, Err(journal::KeyMismatch { held, started })) = (holds_records, checked) {
             return Err(RelayError::CacheKey {
                 dir: dir.to_path_buf(),
                 reason: format!("it holds {held}, and this relay was started {started}. Start it as the cache was written ([security] encrypt_at_rest and at_rest_key_file) so it delivers them, or move the cache directory away to start over (its unforwarded writes are then lost and the agents resync)"),

@@ -322,7 +322,7 @@ fn ovf_config(rest: &[String]) -> Result<(), String> {
         let file = passphrase_file(&config);
         std::fs::create_dir_all(&config.security.pki_dir)
             .map_err(|error| format!("{}: {error}", config.security.pki_dir.display()))?;
-        crate::security::write_secret(&file, passphrase.as_bytes(), true)?;
+        pki::write_secret(&file, passphrase.as_bytes()).map_err(|error| error.to_string())?;
         println!("{}: registration passphrase kept for the relay's first start", file.display());
     }
     Ok(())

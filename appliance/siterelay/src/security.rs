@@ -83,55 +83,21 @@ pub(crate) fn at_rest_key(config: &Config) -> Result<Option<Arc<journal::RecordK
     } else {
         config.security.pki_dir.join("at-rest.key")
     };
-    if !path.exists() {
-        if configured {
-            return Err(format!(
-                "at_rest_key_file {}: no such file (the key the cache is encrypted with; \
-                 64 hex digits)",
-                path.display()
-            ));
-        }
-        let mut key = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-            .map_err(|_| "the system's random source failed".to_string())?;
-        let text: String = key.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n";
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        // Never over an existing key: the data it encrypted would be lost.
-        write_secret(&path, text.as_bytes(), false)?;
+    if configured && !path.exists() {
+        return Err(format!(
+            "at_rest_key_file {}: no such file (the key the cache is encrypted with; \
+             64 hex digits)",
+            path.display()
+        ));
+    }
+    let (key, created) = pki::key_file(&path, !configured).map_err(|error| error.to_string())?;
+    if created {
         log::warn!(
             "created the at-rest key {}: back it up, the cache and journals cannot be read without it",
             path.display()
         );
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let hex = text.trim();
-    let bytes: Option<Vec<u8>> = (hex.len() == 64)
-        .then(|| (0..32).map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect())
-        .flatten();
-    let Some(bytes) = bytes else {
-        return Err(format!("{}: not a 256-bit key (64 hex digits)", path.display()));
-    };
-    let key: [u8; 32] = bytes.try_into().expect("32 bytes");
     Ok(Some(Arc::new(journal::RecordKey::new(&key))))
-}
-
-/// Writes a file only its owner can read (mode 0600), synced; `replace` allows an existing one.
-pub(crate) fn write_secret(path: &Path, bytes: &[u8], replace: bool) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).mode(0o600);
-    if replace {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    let mut file = options.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 static OPERATOR_PKI_DIR: OnceLock<PathBuf> = OnceLock::new();

@@ -201,7 +201,8 @@ impl Store {
         Ok(replica)
     }
 
-    pub(crate) fn status_json(&self) -> String {
+    /// The status document; `plaintext`: this target runs without TLS (`status` warns).
+    pub(crate) fn status_json(&self, plaintext: bool) -> String {
         let disks = self.disks.lock().expect("store lock");
         let mut names: Vec<&String> = disks.keys().collect();
         names.sort();
@@ -240,6 +241,7 @@ impl Store {
             .collect();
         serde_json::json!({
             "role": "target",
+            "plaintext": plaintext,
             "version": identity.map_or(env!("CARGO_PKG_VERSION"), |id| id.product_version.as_str()),
             "site": identity.map_or("", |id| id.site_id.as_str()),
             "node": identity.map_or("", |id| id.node_id.as_str()),

@@ -225,17 +225,16 @@ impl Replica {
         if meta.format < META_FORMAT {
             legacy::apply_journal(&disk_dir, name, &image, &image_path, meta.applied_seq)?;
         }
-        let wanted = key.as_ref().map(|key| key.id().to_string());
-        if meta.key_id != wanted && journal_holds_records(&disk_dir.join("journal"))? {
-            let held = meta.key_id.map_or("unencrypted records".into(), |id| {
-                format!("records encrypted with key {id}")
-            });
-            let started =
-                wanted.map_or("without encryption at rest".into(), |id| format!("with key {id}"));
-            return Err(TargetError::Metadata {
-                path: meta_path,
-                reason: format!("its journal holds {held}, and this target was started {started}; start it as the journal was written ([security] encrypt_at_rest and at_rest_key_file)"),
-            });
+        // A journal with no records yet is simply kept under this start's key from now on.
+        if let Err(journal::KeyMismatch { held, started }) =
+            journal::check_key(meta.key_id.as_deref(), key.as_deref())
+        {
+            if journal_holds_records(&disk_dir.join("journal"))? {
+                return Err(TargetError::Metadata {
+                    path: meta_path,
+                    reason: format!("its journal holds {held}, and this target was started {started}; start it as the journal was written ([security] encrypt_at_rest and at_rest_key_file)"),
+                });
+            }
         }
         let mut replica = Replica::assemble(
             name,

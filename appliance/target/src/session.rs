@@ -227,11 +227,7 @@ impl Session<'_> {
             Frame::Marker(marker) => self.on_sequenced(marker.disk_id, marker.seq, raw),
             Frame::ChecksumRequest(request) => self.on_checksum_request(&request),
             Frame::StatusRequest => {
-                let mut json = self.store.status_json();
-                if self.tls.is_none() {
-                    // Shown by `status` as a warning.
-                    json = json.replacen('{', "{\"plaintext\":true,", 1);
-                }
+                let json = self.store.status_json(self.tls.is_none());
                 self.push(&Frame::Status { json: &json })
             }
             Frame::Control { json } => match crate::control::handle(self.store, json) {
